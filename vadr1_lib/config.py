@@ -309,3 +309,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ProfileError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+COMPARE_KEYS = (
+    "model.name_or_path", "model.tiny.hidden_size", "model.dtype", "data.dataset", "data.n_sft_train",
+    "video.max_frames", "video.max_pixels", "sft.mode", "sft.learning_rate", "sft.max_steps", "sft.num_train_epochs",
+    "grpo.num_generations", "grpo.beta", "grpo.max_completion_length", "launch.num_processes", "launch.device",
+)
+
+
+def get_field(profile: Profile, dotted_key: str) -> Any:
+    value: Any = profile
+    for part in dotted_key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def compare_profiles(names: list[str] | None = None, keys: tuple[str, ...] = COMPARE_KEYS) -> dict[str, dict[str, Any]]:
+    """``{key: {profile: value}}`` for a side-by-side table of the profiles."""
+    profiles = [load_profile(n) for n in (names or available_profiles())]
+    return {key: {p.name: get_field(p, key) for p in profiles} for key in keys}

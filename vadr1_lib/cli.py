@@ -1,0 +1,147 @@
+"""``python -m vadr1_lib <command>``: the same operations the notebooks call, for batch use.
+
+Every command that depends on scale takes ``--profile NAME`` and repeated
+``--set section.key=value`` overrides (see :mod:`vadr1_lib.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vadr1_lib import config
+
+
+def _add_profile_args(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
+    parser.add_argument("--profile", default=default, help=f"profile name (default: {default}); see `doctor`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one profile field, e.g. --set sft.max_steps=3 (repeatable)")
+
+
+def _profile(args: argparse.Namespace) -> config.Profile:
+    profile = config.load_profile(args.profile, args.overrides)
+    from vadr1_lib import modeling
+
+    modeling.configure_threads(profile)
+    return profile
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vadr1_lib import doctor
+
+    report = doctor.environment_report()
+    print(json.dumps(report, indent=2) if args.json else doctor.format_report(report))
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from vadr1_lib.tokenizer import qwen_tokenizer
+
+    ids = qwen_tokenizer()(args.text, add_special_tokens=False)["input_ids"]
+    print(json.dumps(ids))
+    return 0
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from vadr1_lib import modeling
+
+    profile = _profile(args)
+    corpus: list[str] = []
+    for path in args.corpus:
+        corpus.extend(_corpus_texts(Path(path)))
+    out = modeling.build_tiny_model(profile, Path(args.out), corpus)
+    info = modeling.tiny_model_info(out)
+    print(f"wrote {out}: {info['parameters']:,} parameters, vocabulary {info['vocab_size']} tokens "
+          f"(Qwen2.5 BPE restricted to {info['corpus_texts']} texts)")
+    return 0
+
+
+def _corpus_texts(path: Path) -> list[str]:
+    """Texts of a corpus file: release-format JSONL (think + answer) or plain text lines."""
+    texts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            row = json.loads(line)
+            texts.extend(str(row[key]) for key in ("think", "answer") if key in row)
+        else:
+            texts.append(line)
+    return texts
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from vadr1_lib import inference
+
+    profile = _profile(args)
+    result = inference.generate_for_video(Path(args.model), Path(args.video), profile,
+                                                 prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    print(result.text)
+    print(f"[{result.new_tokens} tokens in {result.seconds:.2f} s: {result.new_tokens / max(result.seconds, 1e-9):.0f} tokens/s; "
+          f"{result.video_tokens} video tokens from {result.frames} frames]", file=sys.stderr)
+    return 0
+
+
+def cmd_run_notebooks(args: argparse.Namespace) -> int:
+    from vadr1_lib import runner
+
+    only = [part for item in args.only for part in item.split(",") if part] or None
+    try:
+        runs = runner.run_notebooks(args.profile, only=only, overrides=args.overrides)
+    except runner.NotebookFailed as exc:
+        print(runner.summary(exc.runs))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(runner.summary(runs))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vadr1_lib", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="versions, device, profiles, and which data is available")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("tokenize", help="print the real Qwen2.5 token ids of TEXT as a JSON list")
+    p.add_argument("text")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("tiny-model", help="build the profile's tiny Qwen2.5-VL into a Hugging Face folder")
+    _add_profile_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--corpus", action="append", default=[], metavar="FILE",
+                   help="texts the vocabulary must cover: release-format .jsonl or plain text (repeatable)")
+    p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("generate", help="print a model's greedy completion for one video")
+    _add_profile_args(p)
+    p.add_argument("--model", required=True, help="model folder or hub id")
+    p.add_argument("--video", required=True, help="video file")
+    p.add_argument("--prompt", default=None, help="user prompt text (default: the P2C-CoT prompt)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the profile's eval.max_new_tokens")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("run-notebooks", help="run the notebooks in order with papermill into runs/<profile>/notebooks/")
+    _add_profile_args(p)
+    p.add_argument("--only", action="append", default=[], metavar="NN[,NN]", help="only these notebook numbers, e.g. 03,04")
+    p.set_defaults(func=cmd_run_notebooks)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except config.ProfileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

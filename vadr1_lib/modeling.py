@@ -1,0 +1,231 @@
+"""Models and processors: the tiny local Qwen2.5-VL and hub checkpoints, one code path.
+
+The CPU profiles cannot download ``Qwen/Qwen2.5-VL-7B-Instruct``, and could not train it if
+they could. Instead :func:`build_tiny_model` creates a ``Qwen2_5_VLForConditionalGeneration``
+with every part of the real architecture (vision tower with window attention and patch
+merger, 3D M-RoPE, the LM) at toy sizes, with Qwen2.5's real tokenizer restricted to the
+corpus it will see (:mod:`vadr1_lib.tokenizer`), and saves it as an ordinary Hugging Face
+folder. :func:`load_model_and_processor` then loads that folder with exactly the
+``from_pretrained`` calls that load the 7B checkpoint on a GPU, so the notebooks never branch
+on "tiny or real".
+
+Pitfalls this module handles (measured in ``../shared/notes/tiny-model.md``):
+- ``mrope_section`` must sum to ``head_dim / 2``: it is scaled from the 7B's [16, 24, 24].
+- Temporal position ids are ``second_per_grid * tokens_per_second`` truncated to integers,
+  so the real sampling fps must reach the processor (:func:`video_inputs`), or every frame of
+  a short clip lands on position 0.
+- The video processor's default size enlarges small frames: its pixel range comes from the
+  profile.
+- An untrained model can emit ``<|video_pad|>`` and friends, which breaks the next forward
+  pass's token/feature count check: generation suppresses the vision tokens
+  (:func:`generation_kwargs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
+)
+from transformers.video_utils import VideoMetadata
+
+from vadr1_lib import tokenizer as qwen_tok
+from vadr1_lib.config import ModelConfig, Profile, VideoConfig
+from vadr1_lib.video import VideoClip
+
+TINY_MARKER_FILE = "vadr1_tiny.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def configure_threads(profile: Profile) -> None:
+    """Set torch's CPU thread count from the profile (oversubscription on 2 shared cores is slow)."""
+    if profile.launch.torch_threads > 0:
+        torch.set_num_threads(profile.launch.torch_threads)
+
+
+def pick_device(profile: Profile) -> torch.device:
+    if profile.launch.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(profile.launch.device)
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split ``head_dim / 2`` rotary frequencies over (time, height, width) like the 7B's 16:24:24."""
+    half = head_dim // 2
+    time = max(1, round(half * 16 / 64))
+    height = (half - time) // 2
+    return [time, height, half - time - height]
+
+
+def tiny_config(model: ModelConfig, tok: Any) -> Qwen2_5_VLConfig:
+    sizes = model.tiny
+    head_dim = sizes.hidden_size // sizes.num_heads
+    ids = {name: tok.convert_tokens_to_ids(name) for name in qwen_tok.VISION_TOKENS}
+    text_config = {
+        "vocab_size": len(tok),
+        "hidden_size": sizes.hidden_size,
+        "intermediate_size": sizes.intermediate_size,
+        "num_hidden_layers": sizes.num_layers,
+        "num_attention_heads": sizes.num_heads,
+        "num_key_value_heads": sizes.num_kv_heads,
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": _mrope_section(head_dim)},
+        "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tok.pad_token_id,
+        "tie_word_embeddings": True,
+    }
+    vision_config = {
+        "depth": sizes.vision_depth,
+        "hidden_size": sizes.vision_hidden_size,
+        "intermediate_size": sizes.vision_intermediate_size,
+        "num_heads": sizes.vision_heads,
+        "out_hidden_size": sizes.hidden_size,
+        "tokens_per_second": sizes.tokens_per_second,
+        "fullatt_block_indexes": [sizes.vision_depth - 1],
+        "window_size": 112,
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_processor(tok: Any, video: VideoConfig) -> Qwen2_5_VLProcessor:
+    """Qwen2.5-VL's processor with frame sizes from the profile (pixel cap, multiples of 28)."""
+    size = {"shortest_edge": video.min_pixels, "longest_edge": video.max_pixels}
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=size),
+        video_processor=Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=True),
+        tokenizer=tok,
+        chat_template=qwen_tok.CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_model(profile: Profile, out_dir: Path, corpus: Iterable[str]) -> Path:
+    """Create, seed and save the profile's tiny Qwen2.5-VL with a vocabulary for ``corpus``.
+
+    The corpus should hold every text the model will read or write (prompts, chat template
+    text, training targets): on those texts the restricted tokenizer segments exactly like
+    Qwen2.5, and anything else still encodes from the 256 byte tokens.
+    """
+    texts = tiny_corpus(corpus)
+    tok = qwen_tok.restricted_tokenizer(texts)
+    config = tiny_config(profile.model, tok)
+    torch.manual_seed(profile.model.seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    build_processor(tok, profile.video).save_pretrained(out_dir)
+    marker = {
+        "profile": profile.name,
+        "seed": profile.model.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tok),
+        "corpus_texts": len(texts),
+        "corpus_sha256": corpus_sha256(texts),
+    }
+    (out_dir / TINY_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+    return out_dir
+
+
+def tiny_corpus(corpus: Iterable[str]) -> list[str]:
+    """The texts a tiny vocabulary is built from: ``corpus`` plus :func:`default_corpus`, sorted."""
+    return sorted(set(corpus) | set(default_corpus()))
+
+
+def corpus_sha256(corpus: Iterable[str]) -> str:
+    """Identity of a tiny vocabulary's corpus (a cached model is reused only for the same one)."""
+    return hashlib.sha256("\n\x00".join(tiny_corpus(corpus)).encode()).hexdigest()
+
+
+def default_corpus() -> list[str]:
+    """Texts every tiny model must segment exactly: the chat template's fixed text and the prompts."""
+    from vadr1_lib import prompts  # the single prompt definition
+
+    fixed = ["system\nYou are a helpful assistant.", "user\n", "assistant\n", "\n"]
+    return fixed + [prompts.SYSTEM_PROMPT, *prompts.PROMPT_KINDS.values()]
+
+
+def tiny_model_info(model_dir: Path) -> dict[str, Any] | None:
+    """The marker written by :func:`build_tiny_model`, or None for any other checkpoint."""
+    marker = Path(model_dir) / TINY_MARKER_FILE
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def load_model_and_processor(
+    name_or_path: str | Path, profile: Profile, *, device: torch.device | None = None
+) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
+    """Load a Qwen2.5-VL checkpoint (local folder or hub id) and its processor.
+
+    The same call loads the tiny folder on a CPU and ``Qwen/Qwen2.5-VL-7B-Instruct`` on a GPU;
+    the processor's frame size is set from the profile either way.
+    """
+    processor = AutoProcessor.from_pretrained(str(name_or_path))
+    size = {"shortest_edge": profile.video.min_pixels, "longest_edge": profile.video.max_pixels}
+    processor.video_processor.size = size
+    processor.image_processor.size = size
+    processor.video_processor.cap_pixels_per_frame = True
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(name_or_path),
+        dtype=_DTYPES[profile.model.dtype],
+        attn_implementation=profile.model.attn_implementation,
+    )
+    model.to(device or pick_device(profile))
+    return model, processor
+
+
+def video_inputs(clips: Sequence[VideoClip]) -> dict[str, Any]:
+    """Processor keyword arguments for decoded clips: frames plus their real sampling fps.
+
+    Qwen2.5-VL places frame pair t at ``t * (2 / fps) * tokens_per_second``; frames handed
+    over without metadata are assumed to be at 24 fps, which collapses a short clip's
+    temporal positions onto one value.
+    """
+    return {
+        "videos": [clip.frames for clip in clips],
+        "video_metadata": [
+            VideoMetadata(total_num_frames=len(clip.frames), fps=float(clip.sample_fps),
+                          height=clip.frames.shape[1], width=clip.frames.shape[2])
+            for clip in clips
+        ],
+        "do_sample_frames": False,
+    }
+
+
+def generation_kwargs(processor: Qwen2_5_VLProcessor, max_new_tokens: int, *, do_sample: bool = False,
+                      temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
+    """``generate`` arguments shared by inference, the CLI and GRPO's verifier.
+
+    The vision placeholder tokens are suppressed: a completion containing one would be
+    re-read as a video slot on the next forward pass and fail its feature-count check.
+    """
+    tok = processor.tokenizer
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "suppress_tokens": [tok.convert_tokens_to_ids(t) for t in qwen_tok.VISION_TOKENS],
+        "pad_token_id": tok.pad_token_id,
+    }
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    return kwargs

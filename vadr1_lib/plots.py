@@ -1,0 +1,127 @@
+"""Figures for the notebooks and the README, defined once.
+
+Every function returns a matplotlib ``Figure`` and, given ``save_to``, also writes it as a
+PNG (``figures/`` by default) so papermill runs leave the figures behind for reports.
+Matplotlib uses the non-interactive Agg backend unless a notebook already chose one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in {"module://matplotlib_inline.backend_inline", "nbagg", "widget", "ipympl"}:
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from vadr1_lib import paths  # noqa: E402
+
+Box = tuple[int, int, int, int]
+
+
+def _save(fig: Figure, save_to: str | Path | None) -> Figure:
+    if save_to is not None:
+        path = Path(save_to)
+        if not path.is_absolute() and path.parent == Path("."):
+            path = paths.FIGURES_DIR / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def frame_grid(frames: np.ndarray, titles: Sequence[str] | None = None, *, boxes: Sequence[Box | None] | None = None,
+               columns: int = 8, suptitle: str | None = None, save_to: str | Path | None = None) -> Figure:
+    """Frames (T, H, W, 3) in a grid, optionally with a red box drawn on some of them."""
+    count = len(frames)
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 1.9 * rows * frames.shape[1] / frames.shape[2] + 0.4),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= count:
+            continue
+        ax.imshow(frames[i])
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+        if boxes is not None and boxes[i] is not None:
+            x0, y0, x1, y1 = boxes[i]
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def bar_counts(counts: Mapping[str, float], *, title: str = "", xlabel: str = "", horizontal: bool = True,
+               save_to: str | Path | None = None) -> Figure:
+    """A sorted bar chart of name -> count (category distributions, split sizes)."""
+    items = sorted(counts.items(), key=lambda kv: kv[1])
+    names, values = [k for k, _ in items], [v for _, v in items]
+    height = max(2.5, 0.22 * len(items) + 1) if horizontal else 3.5
+    fig, ax = plt.subplots(figsize=(7, height))
+    if horizontal:
+        ax.barh(names, values, color="tab:blue")
+        ax.set_xlabel(xlabel)
+    else:
+        ax.bar(names, values, color="tab:blue")
+        ax.set_ylabel(xlabel)
+        ax.tick_params(axis="x", rotation=45)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def histogram(values: Sequence[float], *, bins: int = 20, title: str = "", xlabel: str = "",
+              save_to: str | Path | None = None) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(values, bins=bins, color="tab:blue", edgecolor="white")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("videos")
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "", xlabel: str = "step",
+           ylabel: str = "", save_to: str | Path | None = None) -> Figure:
+    """Several named (x, y) curves on one axis: losses, rewards by component."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def taxonomy_tree(tree: Mapping[str, Mapping[str, Sequence[str]]], *, counts: Mapping[str, int] | None = None,
+                  save_to: str | Path | None = None) -> Figure:
+    """Types -> main classes -> sub classes as an indented chart, with counts when given."""
+    lines: list[tuple[int, str]] = []
+    for type_name, mains in tree.items():
+        lines.append((0, type_name))
+        for main_name, subs in mains.items():
+            lines.append((1, main_name))
+            for sub in subs:
+                suffix = f"  ({counts.get(sub, 0)})" if counts is not None else ""
+                lines.append((2, sub + suffix))
+    per_column = -(-len(lines) // 3)
+    fig, ax = plt.subplots(figsize=(13, 0.2 * per_column + 0.8))
+    ax.axis("off")
+    styles = {0: dict(fontsize=11, fontweight="bold", color="black"),
+              1: dict(fontsize=9.5, fontweight="bold", color="tab:blue"),
+              2: dict(fontsize=9, color="dimgray")}
+    for i, (level, text) in enumerate(lines):
+        column, row = divmod(i, per_column)
+        ax.text(column / 3 + 0.02 * level, 1 - row / per_column, text, transform=ax.transAxes, va="top", **styles[level])
+    fig.tight_layout()
+    return _save(fig, save_to)
