@@ -85,6 +85,48 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from vadr1_lib import synth
+
+    profile = _profile(args)
+    report = synth.build_dataset(profile, footage=Path(args.footage) if args.footage else None, progress=True)
+    print(synth.format_build_report(report))
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from vadr1_lib import dataset, tokenizer
+
+    records = dataset.load_split(Path(args.file))
+    stats = dataset.dataset_stats(records, count_tokens=tokenizer.count_tokens)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        print(dataset.format_stats(stats))
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from vadr1_lib import parsing
+
+    result = parsing.validate_release_file(Path(args.file))
+    print(json.dumps(result, indent=2) if args.json else parsing.format_validation_report(result))
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from vadr1_lib import inference
+
+    profile = _profile(args)
+    report = inference.predict_split(args.model, Path(args.data), Path(args.out), profile, prompt_kind=args.prompt,
+                                     video_root=Path(args.video_root) if args.video_root else None, limit=args.limit)
+    print(f"{report.out}: wrote {report.written} rows ({report.already_done} already there), "
+          f"{report.new_tokens} tokens in {report.seconds:.1f} s ({report.tokens_per_s:.0f} tokens/s)")
+    for video_id, reason in report.skipped:
+        print(f"skipped {video_id}: {reason}", file=sys.stderr)
+    return 0
+
+
 def cmd_run_notebooks(args: argparse.Namespace) -> int:
     from vadr1_lib import runner
 
@@ -126,6 +168,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="user prompt text (default: the P2C-CoT prompt)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the profile's eval.max_new_tokens")
     p.set_defaults(func=cmd_generate)
+
+    data = sub.add_parser("data", help="build, describe and validate datasets").add_subparsers(dest="data_command",
+                                                                                              required=True, metavar="ACTION")
+    p = data.add_parser("build", help="build Vad-Reasoning-Mini for a profile under data/vad-reasoning-mini/<profile>/")
+    _add_profile_args(p)
+    p.add_argument("--footage", default=None, help="folder of your own normal footage (default: OpenCV's vtest.avi)")
+    p.set_defaults(func=cmd_data_build)
+    p = data.add_parser("stats", help="rows, labels, categories, spans and lengths of a release-format JSONL file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_stats)
+    p = data.add_parser("validate", help="parse every annotation of a release-format JSONL file and check its spans")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_data_validate)
+
+    p = sub.add_parser("infer", help="generate for every video of a split into a predictions JSONL (resumable)")
+    _add_profile_args(p)
+    p.add_argument("--model", required=True, help="model folder (tiny, checkpoint, LoRA adapter) or hub id")
+    p.add_argument("--data", required=True, help="release-format JSONL split")
+    p.add_argument("--out", required=True, help="predictions JSONL (appended to; ids already there are skipped)")
+    p.add_argument("--prompt", default="p2c", choices=["p2c", "direct"])
+    p.add_argument("--video-root", default=None, help="where the split's video paths resolve (default: its folder)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N videos")
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("run-notebooks", help="run the notebooks in order with papermill into runs/<profile>/notebooks/")
     _add_profile_args(p)

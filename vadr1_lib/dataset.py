@@ -309,6 +309,20 @@ def load_rl(
     return (records, problems) if errors == "collect" else records
 
 
+def load_split(path: StrPath, *, video_root: StrPath | None = None) -> list[SFTRecord] | list[RLRecord]:
+    """Load a release-format file of either kind: rows with ``think`` are SFT/test rows, others RL rows."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        first_line = next((line for line in handle if line.strip()), None)
+    if first_line is None:
+        raise DatasetFormatError(path, 1, "no rows")
+    try:
+        has_think = "think" in json.loads(first_line)
+    except json.JSONDecodeError:
+        has_think = True  # let the SFT loader report the bad line with its number
+    return load_sft(path, video_root=video_root) if has_think else load_rl(path, video_root=video_root)
+
+
 def missing_videos(records: Iterable[Record]) -> list[Path]:
     """The video paths of the records that are not files on this machine, in record order.
 
@@ -454,3 +468,17 @@ def dataset_stats(records: Sequence[Record], count_tokens: Callable[[str], int] 
         stats["think_tokens"] = _summary([count_tokens(record.think) for record in sft])
         stats["answer_tokens"] = _summary([count_tokens(record.answer) for record in sft])
     return stats
+
+
+def format_stats(stats: Mapping[str, Any]) -> str:
+    """``dataset_stats`` as text for the terminal."""
+    lines = [f"rows: {stats['rows']}  abnormal: {stats['abnormal']}  normal: {stats['normal']}",
+             f"sources: {', '.join(f'{k} {v}' for k, v in stats['sources'].items())}"]
+    if stats["categories"]:
+        lines.append(f"categories ({len(stats['categories'])} canonical):")
+        lines += [f"  {count:5d}  {name}" for name, count in stats["categories"].items()]
+    for key in ("span_fraction", "think_words", "answer_words", "think_tokens", "answer_tokens"):
+        summary = stats.get(key)
+        if summary:
+            lines.append(f"{key:14s} " + "  ".join(f"{k} {v:.3g}" for k, v in summary.items()))
+    return "\n".join(lines)
