@@ -9,7 +9,7 @@ def test_every_profile_loads_with_all_sections():
     for name in names:
         profile = config.load_profile(name)
         assert profile.name == name
-        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "sft", "grpo", "eval", "launch"}
+        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "sft", "grpo", "eval", "launch", "overrides"}
 
 
 def test_paper_profile_carries_the_paper_recipe():
@@ -68,3 +68,11 @@ def test_environment_variable_selects_the_notebook_profile(monkeypatch):
     assert config.resolve_profile_name("cpu") == "cpu"
     monkeypatch.setenv(config.PROFILE_ENV_VAR, "ci")
     assert config.resolve_profile_name("cpu") == "ci"
+
+
+def test_overrides_are_recorded_and_reproduce_the_profile():
+    p = config.load_profile("ci", ["sft.max_steps=3", "data.footage=/my videos", "grpo.length_range_normal=[1, 2]"])
+    again = config.load_profile("ci", list(p.overrides))
+    assert again.to_dict() == p.to_dict()
+    with pytest.raises(config.ProfileError, match="unknown key 'overrides'"):
+        config.load_profile("ci", ["overrides=1"])

@@ -127,6 +127,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from vadr1_lib import sft, stages
+
+    profile = _profile(args)
+    out = stages.ensure_sft(profile, dry_run=args.dry_run)
+    marker = sft.read_marker(out)
+    if marker and not args.dry_run:
+        print(f"SFT ({marker['mode']}) of {marker['base_model']}: {marker['global_step']} steps in "
+              f"{marker['train_seconds']:.0f} s -> {out}")
+    return 0
+
+
 def cmd_run_notebooks(args: argparse.Namespace) -> int:
     from vadr1_lib import runner
 
@@ -193,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", default=None, help="where the split's video paths resolve (default: its folder)")
     p.add_argument("--limit", type=int, default=None, help="only the first N videos")
     p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning of the profile's base model into runs/<profile>/sft/")
+    _add_profile_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the accelerate command of a multi-process profile")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("run-notebooks", help="run the notebooks in order with papermill into runs/<profile>/notebooks/")
     _add_profile_args(p)

@@ -20,6 +20,7 @@ Selecting a profile:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -178,6 +179,9 @@ class Profile:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # The ``--set`` overrides this profile was loaded with (filled by load_profile, not by
+    # YAML), so that a stage relaunched under ``accelerate launch`` gets the same profile.
+    overrides: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,10 +221,14 @@ def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None)
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")
-    raw.pop("name", None)
+    for reserved in ("name", "overrides"):
+        if reserved in raw:
+            raise ProfileError(f"{path}: {reserved!r} is set by load_profile, not in the YAML file")
     profile = _build(Profile, {"name": name, **raw}, where=f"profile {name!r}")
-    for key, value in parse_overrides(overrides).items():
+    parsed = parse_overrides(overrides)
+    for key, value in parsed.items():
         set_field(profile, key, value)
+    profile.overrides = tuple(f"{key}={json.dumps(value)}" for key, value in parsed.items())
     return profile
 
 
@@ -244,9 +252,9 @@ def set_field(profile: Profile, dotted_key: str, value: Any) -> None:
     target: Any = profile
     for depth, part in enumerate(parts):
         valid = {f.name: f for f in dataclasses.fields(target)}
-        if part not in valid or part == "name":
+        if part not in valid or part in ("name", "overrides"):
             prefix = ".".join(parts[:depth])
-            names = sorted(n for n in valid if n != "name")
+            names = sorted(n for n in valid if n not in ("name", "overrides"))
             shown = [f"{prefix}.{n}" if prefix else n for n in names]
             raise ProfileError(f"unknown key {dotted_key!r}; valid keys here: {', '.join(shown)}")
         if depth == len(parts) - 1:

@@ -25,12 +25,6 @@ class GenerationResult:
     video_tokens: int
 
 
-def inference_clip(path: Path, profile: Profile) -> video.VideoClip:
-    """The inference view of a video: ``infer_frames`` frames uniformly over all of it."""
-    info = video.read_video_info(path)
-    return video.load_clip(path, video.uniform_frame_indices(info.num_frames, profile.video.infer_frames))
-
-
 def chat_messages(prompt_kind: str = "p2c", prompt_text: str | None = None) -> list[dict]:
     """System + user turn with one video slot; ``prompt_text`` replaces the user instruction."""
     messages = prompts.build_messages(prompt_kind)
@@ -43,7 +37,7 @@ def chat_messages(prompt_kind: str = "p2c", prompt_text: str | None = None) -> l
 def generate_for_video(model_dir: Path | str, video_path: Path, profile: Profile, *, prompt: str | None = None,
                        max_new_tokens: int | None = None) -> GenerationResult:
     """Greedy completion of one model for one video (the ``generate`` command)."""
-    clip = inference_clip(video_path, profile)  # fails fast on a bad video, before loading a model
+    clip = video.inference_clip(video_path, profile.video)  # fails fast on a bad video, before loading a model
     model, processor = modeling.load_model_and_processor(model_dir, profile)
     model.eval()
     text = processor.apply_chat_template(chat_messages(prompt_text=prompt), add_generation_prompt=True, tokenize=False)
@@ -162,7 +156,7 @@ def predict_split(model_dir: str | Path, data_file: Path, out_file: Path, profil
         batch, clips = [], []
         for record in todo[first:first + ev.batch_size]:
             try:
-                clips.append(inference_clip(record.path, profile))
+                clips.append(video.inference_clip(record.path, profile.video))
                 batch.append(record)
             except (FileNotFoundError, video.CorruptVideoError) as exc:
                 report.skipped.append((prediction_id(record), str(exc)))

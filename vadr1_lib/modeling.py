@@ -45,6 +45,7 @@ from vadr1_lib.config import ModelConfig, Profile, VideoConfig
 from vadr1_lib.video import VideoClip
 
 TINY_MARKER_FILE = "vadr1_tiny.json"
+STAGE_MARKER_FILE = "vadr1_stage.json"  # written by a finished training stage (sft, grpo)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -172,26 +173,98 @@ def tiny_model_info(model_dir: Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
-def load_model_and_processor(
-    name_or_path: str | Path, profile: Profile, *, device: torch.device | None = None
-) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Load a Qwen2.5-VL checkpoint (local folder or hub id) and its processor.
+ADAPTER_CONFIG = "adapter_config.json"
+# LoRA goes on the language model's attention and MLP projections only; the vision tower
+# (model.visual.*) keeps its pretrained weights (and, under QLoRA, full precision).
+LORA_TARGET_MODULES = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
-    The same call loads the tiny folder on a CPU and ``Qwen/Qwen2.5-VL-7B-Instruct`` on a GPU;
-    the processor's frame size is set from the profile either way.
-    """
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def load_processor(name_or_path: str | Path, profile: Profile) -> Qwen2_5_VLProcessor:
+    """The checkpoint's processor with frame sizes from the profile."""
     processor = AutoProcessor.from_pretrained(str(name_or_path))
     size = {"shortest_edge": profile.video.min_pixels, "longest_edge": profile.video.max_pixels}
     processor.video_processor.size = size
     processor.image_processor.size = size
     processor.video_processor.cap_pixels_per_frame = True
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    return processor
+
+
+def quantization_config(profile: Profile) -> Any:
+    """4-bit NF4 (QLoRA) for ``sft.mode == "qlora"``; None otherwise.
+
+    The vision tower and the LM head stay unquantized: they are small next to the LM's
+    layers, and the merger's output feeds every video token.
+    """
+    if profile.sft.mode != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if profile.model.dtype == "bfloat16" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=["visual", "lm_head"])
+
+
+def _load_base(name_or_path: str | Path, profile: Profile, quantize: bool) -> Qwen2_5_VLForConditionalGeneration:
+    quant = quantization_config(profile) if quantize else None
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(name_or_path),
         dtype=_DTYPES[profile.model.dtype],
         attn_implementation=profile.model.attn_implementation,
+        quantization_config=quant,
     )
-    model.to(device or pick_device(profile))
+
+
+def load_model_and_processor(
+    name_or_path: str | Path, profile: Profile, *, device: torch.device | None = None, trainable_adapter: bool = False
+) -> tuple[Any, Qwen2_5_VLProcessor]:
+    """Load a Qwen2.5-VL checkpoint (local folder, hub id, or LoRA adapter folder) and its processor.
+
+    The same call loads the tiny folder on a CPU and ``Qwen/Qwen2.5-VL-7B-Instruct`` on a GPU;
+    an adapter folder (``adapter_config.json``) is loaded onto the base it names, quantized
+    again when it was trained with QLoRA. The processor's frame size comes from the profile.
+    """
+    processor = load_processor(name_or_path, profile)
+    if is_adapter(name_or_path):
+        from peft import PeftModel
+
+        adapter = json.loads((Path(name_or_path) / ADAPTER_CONFIG).read_text())
+        stage = json.loads((Path(name_or_path) / STAGE_MARKER_FILE).read_text()) if (Path(name_or_path) / STAGE_MARKER_FILE).is_file() else {}
+        base = _load_base(adapter["base_model_name_or_path"], profile, quantize=stage.get("mode") == "qlora")
+        model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=trainable_adapter)
+    else:
+        model = _load_base(name_or_path, profile, quantize=False)
+    if getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_loaded_in_4bit", False):
+        model.to(device or pick_device(profile))
     return model, processor
+
+
+def load_for_training(name_or_path: str | Path, profile: Profile) -> tuple[Any, Qwen2_5_VLProcessor]:
+    """The model SFT trains, by ``sft.mode``: full weights, LoRA adapters, or QLoRA (4-bit base + LoRA).
+
+    A LoRA/QLoRA run that starts from an adapter folder keeps training that adapter.
+    """
+    mode = profile.sft.mode
+    if mode not in ("full", "lora", "qlora"):
+        raise ValueError(f"sft.mode must be full, lora or qlora, got {mode!r}")
+    if mode == "full" or is_adapter(name_or_path):
+        model, processor = load_model_and_processor(name_or_path, profile, trainable_adapter=True)
+        return model, processor
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    processor = load_processor(name_or_path, profile)
+    model = _load_base(name_or_path, profile, quantize=mode == "qlora")
+    if mode == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.sft.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.to(pick_device(profile))
+    lora = LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha, lora_dropout=profile.sft.lora_dropout,
+                      target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora), processor
 
 
 def video_inputs(clips: Sequence[VideoClip]) -> dict[str, Any]:
@@ -212,6 +285,11 @@ def video_inputs(clips: Sequence[VideoClip]) -> dict[str, Any]:
     }
 
 
+def vision_token_ids(processor: Qwen2_5_VLProcessor) -> torch.Tensor:
+    """Ids of the vision placeholder tokens (never predicted, never generated)."""
+    return torch.tensor([processor.tokenizer.convert_tokens_to_ids(t) for t in qwen_tok.VISION_TOKENS])
+
+
 def generation_kwargs(processor: Qwen2_5_VLProcessor, max_new_tokens: int, *, do_sample: bool = False,
                       temperature: float = 1.0, top_p: float = 1.0) -> dict[str, Any]:
     """``generate`` arguments shared by inference, the CLI and GRPO's verifier.
@@ -223,7 +301,7 @@ def generation_kwargs(processor: Qwen2_5_VLProcessor, max_new_tokens: int, *, do
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
-        "suppress_tokens": [tok.convert_tokens_to_ids(t) for t in qwen_tok.VISION_TOKENS],
+        "suppress_tokens": vision_token_ids(processor).tolist(),
         "pad_token_id": tok.pad_token_id,
     }
     if do_sample:

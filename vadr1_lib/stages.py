@@ -3,15 +3,44 @@
 Every notebook must also run on its own, so a notebook that needs an earlier stage's
 output calls ``ensure_*`` here: it returns the cached result when it exists and builds it
 (through the same library code the earlier notebook uses) when it does not. The ordered
-``make run`` therefore pays for each stage once.
+``make run`` therefore pays for each stage once. A cached result carries a fingerprint of
+the settings it was made with; other settings rebuild it instead of silently reusing it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from vadr1_lib import dataset, modeling
+from vadr1_lib import dataset, launch, modeling, paths
 from vadr1_lib.config import Profile
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three release-format files of a profile's dataset and where their videos are."""
+
+    sft_train: Path
+    rl: Path
+    test: Path
+    video_root: Path | None  # None: paths resolve against each file's folder
+
+
+def data_splits(profile: Profile) -> Splits:
+    """Vad-Reasoning-Mini (built when missing) or the real release (``data.dataset: release``)."""
+    if profile.data.dataset == "mini":
+        from vadr1_lib import synth
+
+        built = synth.ensure_dataset(profile)
+        return Splits(built.sft_train, built.rl, built.test, None)
+    if profile.data.dataset == "release":
+        folder = Path(profile.data.release_dir) if profile.data.release_dir else paths.release_dir()
+        root = Path(profile.data.video_root) if profile.data.video_root else None
+        if root is not None and not root.is_absolute():
+            root = paths.PROJECT_ROOT / root
+        return Splits(folder / paths.RELEASE_SFT_FILE, folder / paths.RELEASE_RL_FILE,
+                      folder / "Vad-Reasoning-test.jsonl", root)
+    raise ValueError(f"data.dataset must be 'mini' or 'release', got {profile.data.dataset!r}")
 
 
 def base_model_dir(profile: Profile) -> Path:
@@ -22,19 +51,50 @@ def ensure_base_model(profile: Profile) -> str:
     """The profile's starting checkpoint: a hub id / folder, or the tiny model built here.
 
     The tiny model's vocabulary is Qwen2.5's BPE restricted to the texts it will read and
-    write, so it is built from the profile's dataset (built first when missing) and the
-    prompts. Rebuilt when the dataset's text changed (the marker records the corpus hash).
+    write, so it is built from the profile's training targets (the dataset is built first
+    when missing) and the prompts. Test answers stay out so the vocabulary does not peek.
     """
     if profile.model.name_or_path != "tiny":
         return profile.model.name_or_path
-    from vadr1_lib import synth
-
-    data = synth.ensure_dataset(profile)
-    # Training targets and prompts; test answers stay out so the vocabulary does not peek.
-    corpus = [record.target_text for record in dataset.load_sft(data.sft_train)]
+    splits = data_splits(profile)
+    corpus = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
     out = base_model_dir(profile)
     info = modeling.tiny_model_info(out)
     if info is not None and info["corpus_sha256"] == modeling.corpus_sha256(corpus) and (out / "model.safetensors").is_file():
         return str(out)
     modeling.build_tiny_model(profile, out, corpus)
     return str(out)
+
+
+def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
+    """The SFT result of the profile under ``runs/<profile>/sft/`` (trained, or resumed, when missing).
+
+    Multi-process profiles run the ``sft`` command under ``accelerate launch``; with
+    ``dry_run`` that command is printed instead of run.
+    """
+    from vadr1_lib import sft
+
+    base = ensure_base_model(profile)
+    splits = data_splits(profile)
+    out = sft.stage_dir(profile)
+    fingerprint = sft.fingerprint(profile, base, splits.sft_train)
+    marker = sft.read_marker(out)
+    if marker is not None and marker.get("fingerprint") == fingerprint:
+        return out
+    if launch.needs_launcher(profile):
+        command = launch.accelerate_command(profile, "sft", ["--profile", profile.name,
+                                                             *[f"--set={o}" for o in profile.overrides]])
+        if dry_run:
+            print(launch.format_command(command))
+            return out
+        if launch.run(command) != 0:
+            raise RuntimeError(f"SFT under accelerate failed: {launch.format_command(command)}")
+        return out
+    if dry_run:
+        print(f"would train SFT in this process into {out}")
+        return out
+    sft.discard_stale(out, fingerprint)
+    result = sft.train(profile, base, splits.sft_train, output_dir=out, video_root=splits.video_root)
+    if launch.is_main_process():
+        sft.write_marker(result, profile, base, fingerprint)
+    return out

@@ -33,10 +33,14 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import decord
 import numpy as np
+
+if TYPE_CHECKING:
+    from vadr1_lib.config import VideoConfig
 
 # Qwen2.5-VL packs frames in temporal pairs (temporal_patch_size = 2); qwen-vl-utils
 # therefore makes every frame count a multiple of this.
@@ -319,3 +323,21 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: float) ->
         writer.release()  # a no-op when already released
         partial.unlink(missing_ok=True)  # only still there when something failed
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# The two views of a video the model gets (REFERENCE.md, "Video input")
+
+
+def training_clip(path: str | os.PathLike[str], cfg: VideoConfig) -> VideoClip:
+    """Training view: about ``cfg.train_fps`` frames per second, clamped to [min_frames, max_frames]."""
+    info = read_video_info(path)
+    indices = release_frame_indices(info.num_frames, info.fps, target_fps=cfg.train_fps,
+                                    min_frames=cfg.min_frames, max_frames=cfg.max_frames)
+    return load_clip(path, indices)
+
+
+def inference_clip(path: str | os.PathLike[str], cfg: VideoConfig) -> VideoClip:
+    """Inference view: ``cfg.infer_frames`` frames uniformly over the whole video."""
+    info = read_video_info(path)
+    return load_clip(path, uniform_frame_indices(info.num_frames, cfg.infer_frames))

@@ -1,0 +1,141 @@
+"""SFT on the ci profile: the video is in the loss, each mode trains what it should, runs resume."""
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from vadr1_lib import config, dataset, modeling, sft, stages
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
+    torch.set_num_threads(1)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ci(runs):
+    profile = config.load_profile("ci")
+    splits = stages.data_splits(profile)
+    base = stages.ensure_base_model(profile)
+    records = dataset.load_sft(splits.sft_train)
+    return profile, base, records, splits
+
+
+def _batch(profile, processor, records, **kwargs):
+    collator = sft.VideoSFTCollator(processor, profile, **kwargs)
+    rows = sft.sft_dataset(records[:2]).to_list()
+    return collator(rows), collator
+
+
+def test_collator_carries_video_and_masks_all_but_the_answer(ci):
+    profile, base, records, _ = ci
+    _, processor = modeling.load_model_and_processor(base, profile)
+    batch, _ = _batch(profile, processor, records)
+    assert {"pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids", "labels"} <= set(batch)
+    # 8 frames at 4 fps sampled at 2 fps -> 4 frames, 2 temporal grids one second apart.
+    assert batch["video_grid_thw"][:, 0].tolist() == [2, 2]
+    assert batch["second_per_grid_ts"].tolist() == [1.0, 1.0]
+    for row, labels in zip(records[:2], batch["labels"]):
+        kept = labels[labels != -100]
+        assert processor.tokenizer.decode(kept) == row.target_text + "<|im_end|>"
+
+
+def test_release_style_loss_covers_the_prompt_but_never_video_tokens(ci):
+    profile, base, records, _ = ci
+    _, processor = modeling.load_model_and_processor(base, profile)
+    batch, collator = _batch(profile, processor, records, assistant_only_loss=False)
+    labels = batch["labels"][0]
+    text = processor.tokenizer.decode(labels[labels != -100])
+    assert text.startswith("<|im_start|>system") and records[0].target_text in text
+    assert not torch.isin(labels, collator.vision_ids).any()
+    assert torch.isin(batch["input_ids"][0], collator.vision_ids).sum() > 0
+
+
+def test_loss_depends_on_the_video(ci):
+    profile, base, records, _ = ci
+    model, processor = modeling.load_model_and_processor(base, profile)
+    batch, _ = _batch(profile, processor, records)
+    with torch.no_grad():
+        loss = model(**batch).loss
+        swapped = dict(batch, pixel_values_videos=batch["pixel_values_videos"].flip(0))
+        other = model(**swapped).loss
+    assert not torch.isclose(loss, other)
+
+
+def _train_one_step(profile, base, splits, monkeypatch, tmp_path):
+    """One optimizer step; returns the weights before and after and the model that was trained."""
+    seen: list[set] = []
+    captured = {}
+    real_load = modeling.load_for_training
+
+    def load_and_watch(path, prof):
+        model, processor = real_load(path, prof)
+        captured["model"] = model
+        captured["before"] = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+        model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(set(kwargs)), with_kwargs=True)
+        return model, processor
+
+    monkeypatch.setattr(modeling, "load_for_training", load_and_watch)
+    sft.train(profile, base, splits.sft_train, output_dir=tmp_path / profile.sft.mode)
+    model = captured["model"]
+    after = {n: p.detach().float() for n, p in model.named_parameters()}
+    return captured["before"], after, model, seen
+
+
+@pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
+def test_one_step_changes_the_trainable_parameters_and_only_those(ci, monkeypatch, tmp_path, mode):
+    profile, base, _, splits = ci
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.mode": mode, "sft.learning_rate": 1e-2})
+    before, after, model, seen = _train_one_step(profile, base, splits, monkeypatch, tmp_path)
+    assert {"pixel_values_videos", "video_grid_thw"} <= seen[0]  # the video reaches the training forward
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    changed = {n for n in trainable if not torch.equal(before[n], after[n])}
+    frozen_changed = {n for n in before if n not in trainable and not torch.equal(before[n], after[n])}
+    assert not frozen_changed
+    if mode == "full":
+        assert trainable == set(before) and len(changed) > 0.5 * len(trainable)
+    else:
+        assert trainable and all("lora_" in n for n in trainable)
+        assert not any("visual" in n for n in trainable)  # adapters only on the language model
+        assert any("lora_B" in n for n in changed)  # B starts at zero, so a step must move it
+    if mode == "qlora":
+        assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    saved = tmp_path / mode
+    assert (saved / ("adapter_config.json" if mode != "full" else "model.safetensors")).is_file()
+    reloaded, _ = modeling.load_model_and_processor(saved, profile)
+    assert type(reloaded).__name__.startswith("Qwen2_5_VLForConditionalGeneration" if mode == "full" else "PeftModel")
+
+
+class _StopAfter(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint(ci, monkeypatch):
+    profile = config.load_profile("ci", {"sft.max_steps": 3, "sft.save_steps": 1})
+    from trl import SFTTrainer
+
+    real_init = SFTTrainer.__init__
+
+    def init_with_interrupt(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.add_callback(_StopAfter(2))
+
+    monkeypatch.setattr(SFTTrainer, "__init__", init_with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        stages.ensure_sft(profile)
+    monkeypatch.setattr(SFTTrainer, "__init__", real_init)
+    out = stages.ensure_sft(profile)
+    marker = sft.read_marker(out)
+    assert marker["resumed_from"].endswith("checkpoint-2")
+    assert marker["global_step"] == 3
+    assert stages.ensure_sft(profile) == out  # finished: reused, not retrained
+    assert sft.read_marker(out)["train_seconds"] == marker["train_seconds"]

@@ -1,0 +1,226 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer``: video in, P2C-CoT out.
+
+Each training example is a chat: the system prompt, a user turn holding the video and the
+P2C-CoT instruction (:mod:`vadr1_lib.prompts`), and the assistant's target, think + newline
++ answer, exactly the release's training text.
+
+Why a collator of our own (passed to ``SFTTrainer``, which still runs the loop, the
+optimizer, checkpoints, logging and accelerate/DeepSpeed): TRL's vision collator hands
+decoded frames to the processor without their frame rate, so every clip would be assumed
+to play at 24 fps and Qwen2.5-VL's temporal positions would collapse onto one value. Ours
+decodes the frames the release's way (about 2 fps, 4 to 16 frames), passes the real
+sampling rate, and builds the labels:
+
+- loss on the assistant's tokens only (``sft.assistant_only_loss: true``, the default):
+  the chat template's ``{% generation %}`` markers give the mask;
+- or on every text token (``false``), as the release did: the model then also learns to
+  predict the system prompt and the instruction, which costs capacity on text it is always
+  given. Vision placeholder tokens never carry loss (they are inputs, not predictions).
+
+Modes (``sft.mode``): ``full`` trains every weight; ``lora`` trains adapters on the language
+model's projections; ``qlora`` does the same on a 4-bit NF4 base
+(:func:`vadr1_lib.modeling.load_for_training`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+
+from vadr1_lib import dataset, modeling, prompts, video
+from vadr1_lib.config import Profile
+
+CACHE_BYTES = 1 << 30  # decoded clips kept in memory across epochs
+
+
+class ClipCache:
+    """Decoded training clips, kept while they fit in a byte budget (oldest dropped first).
+
+    Decoding is the same every epoch (the sampler is deterministic), so small datasets pay
+    for it once; a real-scale dataset simply streams.
+    """
+
+    def __init__(self, load, max_bytes: int = CACHE_BYTES) -> None:
+        self._load = load
+        self._max_bytes = max_bytes
+        self._items: OrderedDict[str, video.VideoClip] = OrderedDict()
+        self._bytes = 0
+
+    def __call__(self, path: str) -> video.VideoClip:
+        if path in self._items:
+            self._items.move_to_end(path)
+            return self._items[path]
+        clip = self._load(path)
+        size = clip.frames.nbytes
+        if size <= self._max_bytes:
+            self._items[path] = clip
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.frames.nbytes
+        return clip
+
+
+class VideoSFTCollator:
+    """Rows ``{"video_path", "target"}`` -> a padded batch with video tensors and labels."""
+
+    def __init__(self, processor: Any, profile: Profile, *, assistant_only_loss: bool | None = None) -> None:
+        self.processor = processor
+        self.assistant_only_loss = profile.sft.assistant_only_loss if assistant_only_loss is None else assistant_only_loss
+        self.clips = ClipCache(lambda path: video.training_clip(path, profile.video))
+        self.vision_ids = modeling.vision_token_ids(processor)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        clips = [self.clips(row["video_path"]) for row in rows]
+        messages = [prompts.build_messages("p2c", video=clip.frames, target=row["target"]) for clip, row in zip(clips, rows)]
+        inputs = modeling.video_inputs(clips)
+        batch = self.processor.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
+            processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False,
+                              "video_metadata": inputs["video_metadata"], "do_sample_frames": False},
+        )
+        assistant = batch.pop("assistant_masks")
+        labels = batch["input_ids"].clone()
+        labels[batch["attention_mask"] == 0] = -100
+        labels[torch.isin(labels, self.vision_ids)] = -100
+        if self.assistant_only_loss:
+            labels[assistant == 0] = -100
+        batch["labels"] = labels
+        return dict(batch)
+
+
+def sft_dataset(records: list[dataset.SFTRecord]) -> datasets.Dataset:
+    """Light rows (paths and target text); frames are decoded by the collator when batched."""
+    missing = dataset.missing_videos(records)
+    if missing:
+        shown = ", ".join(map(str, missing[:5]))
+        raise FileNotFoundError(f"{len(missing)} of {len(records)} training videos are missing, e.g. {shown}")
+    return datasets.Dataset.from_list([
+        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text} for r in records
+    ])
+
+
+def stage_dir(profile: Profile) -> Path:
+    return profile.run_dir / "sft"
+
+
+def fingerprint(profile: Profile, base_model: str, train_file: Path) -> str:
+    """What an SFT result depends on; a cached result with another fingerprint is not reused."""
+    blob = json.dumps({"base": str(base_model), "train": hashlib.sha256(train_file.read_bytes()).hexdigest(),
+                       "model": asdict(profile.model), "video": asdict(profile.video), "sft": asdict(profile.sft)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def use_bf16(profile: Profile) -> bool:
+    return profile.launch.mixed_precision == "bf16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def training_arguments(profile: Profile, output_dir: Path) -> Any:
+    from trl import SFTConfig
+
+    s = profile.sft
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        learning_rate=s.learning_rate,
+        num_train_epochs=s.num_train_epochs,
+        max_steps=s.max_steps,
+        lr_scheduler_type=s.lr_scheduler_type,
+        warmup_steps=s.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        gradient_checkpointing=s.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=use_bf16(profile),
+        logging_steps=s.logging_steps,
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        seed=s.seed,
+        data_seed=s.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        use_cpu=modeling.pick_device(profile).type == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    train_seconds: float
+    global_step: int
+    log_history: list[dict[str, Any]]
+    resumed_from: str | None
+
+
+def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Path | None = None,
+          video_root: Path | None = None) -> SFTResult:
+    """Fine-tune ``base_model`` on ``train_file`` and save the result (model or adapter) + processor.
+
+    Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    output_dir = Path(output_dir or stage_dir(profile))
+    checkpoints = output_dir / "checkpoints"
+    records = dataset.load_sft(train_file, video_root=video_root)
+    model, processor = modeling.load_for_training(base_model, profile)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_arguments(profile, checkpoints),
+        train_dataset=sft_dataset(records),
+        data_collator=VideoSFTCollator(processor, profile),
+        processing_class=processor,
+    )
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(output_dir))
+    return SFTResult(output_dir, seconds, trainer.state.global_step, trainer.state.log_history, resume)
+
+
+def write_marker(result: SFTResult, profile: Profile, base_model: str, fingerprint_value: str) -> None:
+    """Mark the stage finished (``ensure_sft`` reuses it) and keep its training log."""
+    marker = {
+        "stage": "sft", "profile": profile.name, "mode": profile.sft.mode, "base_model": str(base_model),
+        "fingerprint": fingerprint_value, "train_seconds": result.train_seconds, "global_step": result.global_step,
+        "resumed_from": result.resumed_from, "log_history": result.log_history,
+    }
+    (result.output_dir / modeling.STAGE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+    (result.output_dir / "pending-fingerprint").unlink(missing_ok=True)
+
+
+def read_marker(output_dir: Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / modeling.STAGE_MARKER_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def discard_stale(output_dir: Path, fingerprint_value: str) -> None:
+    """Remove a finished or partial result made with other settings (its checkpoints must not be resumed)."""
+    marker = read_marker(output_dir)
+    stale_marker = marker is not None and marker.get("fingerprint") != fingerprint_value
+    pending = output_dir / "pending-fingerprint"
+    stale_checkpoints = pending.is_file() and pending.read_text().strip() != fingerprint_value
+    if stale_marker or stale_checkpoints:
+        print(f"{output_dir} was trained with other settings: starting over")
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pending.write_text(fingerprint_value)
