@@ -139,6 +139,21 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from vadr1_lib import dataset, evaluation
+
+    truth = dataset.load_sft(Path(args.gt))
+    results = {}
+    for pred in args.pred:
+        results[Path(pred).stem] = evaluation.evaluate(evaluation.load_prediction_texts(Path(pred)), truth,
+                                                       text_metrics=not args.no_text, bootstrap_resamples=args.bootstrap)
+    if args.json:
+        print(json.dumps(results[Path(args.pred[0]).stem] if len(args.pred) == 1 else results, indent=2))
+    else:
+        print(evaluation.format_table(results))
+    return 0
+
+
 def cmd_run_notebooks(args: argparse.Namespace) -> int:
     from vadr1_lib import runner
 
@@ -210,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the accelerate command of a multi-process profile")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("evaluate", help="score predictions against ground truth (release protocol + strict figures)")
+    p.add_argument("--pred", action="append", required=True, metavar="FILE",
+                   help="predictions from `infer`, or a release-format JSONL; repeat to compare models in one table")
+    p.add_argument("--gt", required=True, help="ground-truth release-format JSONL (think, answer, start, end)")
+    p.add_argument("--json", action="store_true", help="one JSON object (an object per file when several)")
+    p.add_argument("--no-text", action="store_true", help="skip BLEU/METEOR/ROUGE")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run-notebooks", help="run the notebooks in order with papermill into runs/<profile>/notebooks/")
     _add_profile_args(p)

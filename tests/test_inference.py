@@ -1,0 +1,87 @@
+"""Batched inference over a split: rows written, resumable after a kill, bad videos skipped."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from vadr1_lib import config, dataset, inference, modeling, stages
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
+    torch.set_num_threads(1)
+    profile = config.load_profile("ci", {"eval.batch_size": 2, "eval.max_new_tokens": 8})
+    splits = stages.data_splits(profile)
+    base = stages.ensure_base_model(profile)
+    yield profile, splits, base, modeling.load_model_and_processor(base, profile)
+    mp.undo()
+
+
+def test_predictions_cover_the_split_with_parsed_fields(setup, tmp_path):
+    profile, splits, base, loaded = setup
+    out = tmp_path / "pred.jsonl"
+    report = inference.predict_split(base, splits.test, out, profile, loaded=loaded, progress=False)
+    rows = inference.read_predictions(out)
+    test = dataset.load_sft(splits.test)
+    assert report.written == len(test) == len(rows) and report.already_done == 0 and not report.skipped
+    assert {r["id"] for r in rows} == {f"{t.source}/{t.video}" for t in test}
+    row = rows[0]
+    assert row["prompt_kind"] == "p2c" and 1 <= row["new_tokens"] <= 8
+    assert set(row["parsed"]) >= {"which", "when", "predicted_label", "format_valid", "problems"}
+    assert report.tokens_per_s > 0
+
+
+def test_a_killed_run_resumes_without_duplicates(setup, tmp_path, monkeypatch):
+    profile, splits, base, loaded = setup
+    out = tmp_path / "pred.jsonl"
+    model = loaded[0]
+    real_generate = model.generate
+    calls = {"n": 0}
+
+    def generate_then_die(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while the second batch is in flight
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", generate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        inference.predict_split(base, splits.test, out, profile, loaded=loaded, progress=False)
+    assert len(inference.read_predictions(out)) == 2  # the first batch survived
+    with out.open("a") as handle:
+        handle.write('{"id": "torn')  # and a torn write is tolerated
+    monkeypatch.setattr(model, "generate", real_generate)
+    report = inference.predict_split(base, splits.test, out, profile, loaded=loaded, progress=False)
+    rows = inference.read_predictions(out)
+    ids = [r["id"] for r in rows]
+    assert report.already_done == 2 and report.written == len(dataset.load_sft(splits.test)) - 2
+    assert len(ids) == len(set(ids)) == len(dataset.load_sft(splits.test))
+    again = inference.predict_split(base, splits.test, out, profile, loaded=loaded, progress=False)
+    assert again.written == 0
+
+
+def test_other_prompt_kind_in_the_same_file_is_refused(setup, tmp_path):
+    profile, splits, base, loaded = setup
+    out = tmp_path / "pred.jsonl"
+    inference.predict_split(base, splits.test, out, profile, loaded=loaded, progress=False, limit=1)
+    with pytest.raises(ValueError, match="holds \\['p2c'\\] predictions"):
+        inference.predict_split(base, splits.test, out, profile, prompt_kind="direct", loaded=loaded, progress=False)
+
+
+def test_unreadable_videos_are_skipped_and_reported(setup, tmp_path):
+    profile, splits, base, loaded = setup
+    copy = tmp_path / "split"
+    shutil.copytree(splits.test.parent / "videos", copy / "videos")
+    rows = [json.loads(line) for line in splits.test.read_text().splitlines()]
+    (copy / rows[0]["path"]).write_bytes(b"")
+    (copy / rows[1]["path"]).unlink()
+    (copy / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = inference.predict_split(base, copy / "test.jsonl", tmp_path / "p.jsonl", profile, loaded=loaded, progress=False)
+    assert report.written == len(rows) - 2
+    reasons = dict(report.skipped)
+    assert "corrupt video" in reasons[f"{rows[0]['source']}/{rows[0]['video']}"]
+    assert "not found" in reasons[f"{rows[1]['source']}/{rows[1]['video']}"]
