@@ -190,3 +190,14 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
             cells.append(f"{cell:>{width + 16}s}")
         lines.append(f"{label:28s}" + "".join(cells))
     return "\n".join(lines)
+
+
+def evaluate_predictions_file(pred_file: Path, truth: Sequence[dataset.SFTRecord], **kwargs: Any) -> dict[str, Any]:
+    """``evaluate`` on an ``infer`` output, plus the mean number of generated tokens per answer."""
+    from vadr1_lib import inference
+
+    rows = inference.read_predictions(Path(pred_file))
+    wanted = {f"{r.source}/{r.video}" for r in truth}
+    result = evaluate({row["id"]: row["text"] for row in rows if row["id"] in wanted}, truth, **kwargs)
+    result["tokens_per_answer"] = float(np.mean([row["new_tokens"] for row in rows])) if rows else None
+    return result

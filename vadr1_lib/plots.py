@@ -125,3 +125,20 @@ def taxonomy_tree(tree: Mapping[str, Mapping[str, Sequence[str]]], *, counts: Ma
         ax.text(column / 3 + 0.02 * level, 1 - row / per_column, text, transform=ax.transAxes, va="top", **styles[level])
     fig.tight_layout()
     return _save(fig, save_to)
+
+
+def token_roles(roles: Sequence[str], *, title: str = "", save_to: str | Path | None = None) -> Figure:
+    """One training sequence as a coloured strip: which tokens are prompt, video, or carry loss."""
+    palette = {"prompt": (0.75, 0.75, 0.75), "video": (0.55, 0.75, 0.95), "loss": (0.95, 0.55, 0.3),
+               "padding": (1.0, 1.0, 1.0)}
+    present = [name for name in palette if name in set(roles)]
+    strip = np.array([[palette[r] for r in roles]])
+    fig, ax = plt.subplots(figsize=(10, 1.3))
+    ax.imshow(strip, aspect="auto", interpolation="nearest")
+    ax.set_yticks([])
+    ax.set_xlabel("token position")
+    ax.set_title(title)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[name]) for name in present]
+    ax.legend(handles, present, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=len(present), fontsize=8)
+    fig.tight_layout()
+    return _save(fig, save_to)

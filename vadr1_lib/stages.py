@@ -9,7 +9,7 @@ the settings it was made with; other settings rebuild it instead of silently reu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vadr1_lib import dataset, launch, modeling, paths
@@ -98,3 +98,46 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     if launch.is_main_process():
         sft.write_marker(result, profile, base, fingerprint)
     return out
+
+
+def _model_identity(model_path: str) -> str:
+    """What makes a model's predictions reusable: its stage fingerprint or tiny-model corpus, else its path."""
+    from vadr1_lib import sft
+
+    marker = sft.read_marker(Path(model_path)) if Path(model_path).is_dir() else None
+    if marker is not None:
+        return f"{marker['stage']}:{marker['fingerprint']}"
+    info = modeling.tiny_model_info(Path(model_path)) if Path(model_path).is_dir() else None
+    return f"tiny:{info['corpus_sha256']}:{info['seed']}" if info else str(model_path)
+
+
+def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_kind: str = "p2c",
+                       loaded: tuple | None = None) -> Path:
+    """Predictions of one model on the profile's test split, ``runs/<profile>/predictions/<label>-<kind>.jsonl``.
+
+    Resumes an interrupted file; starts over when the model behind ``label`` changed.
+    """
+    import json
+
+    from vadr1_lib import inference
+
+    splits = data_splits(profile)
+    out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}.jsonl"
+    meta = out.with_suffix(".meta.json")
+    identity = {"model": _model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
+                "video": asdict(profile.video)}
+    if meta.is_file() and json.loads(meta.read_text()) != json.loads(json.dumps(identity)):
+        out.unlink(missing_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(identity, indent=2))
+    limit = profile.eval.max_test_videos if profile.eval.max_test_videos > 0 else None
+    inference.predict_split(model_path, splits.test, out, profile, prompt_kind=prompt_kind,
+                            video_root=splits.video_root, limit=limit, loaded=loaded)
+    return out
+
+
+def test_records(profile: Profile) -> list[dataset.SFTRecord]:
+    """The test split's ground truth, cut to ``eval.max_test_videos`` when that is set."""
+    splits = data_splits(profile)
+    records = dataset.load_sft(splits.test, video_root=splits.video_root)
+    return records[: profile.eval.max_test_videos] if profile.eval.max_test_videos > 0 else records
