@@ -142,3 +142,26 @@ def token_roles(roles: Sequence[str], *, title: str = "", save_to: str | Path | 
     ax.legend(handles, present, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=len(present), fontsize=8)
     fig.tight_layout()
     return _save(fig, save_to)
+
+
+def span_timelines(items: Sequence[tuple[str, tuple[float, float] | None, tuple[float, float] | None]], *,
+                   title: str = "", save_to: str | Path | None = None) -> Figure:
+    """One row per video on a 0-1 time axis: the true anomaly span above, a predicted one below."""
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(items) + 1.0))
+    for row, (label, truth, pred) in enumerate(items):
+        y = len(items) - 1 - row
+        ax.plot([0, 1], [y, y], color="lightgray", linewidth=1)
+        if truth:
+            ax.barh(y + 0.14, truth[1] - truth[0], left=truth[0], height=0.25, color="tab:red", label="true" if row == 0 else None)
+        if pred:
+            ax.barh(y - 0.14, pred[1] - pred[0], left=pred[0], height=0.25, color="tab:blue",
+                    label="predicted" if not any(p for _, _, p in items[:row]) else None)
+    ax.set_yticks(range(len(items)))
+    ax.set_yticklabels([label for label, _, _ in reversed(items)], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("time (fraction of the video)")
+    ax.set_title(title)
+    if any(t for _, t, _ in items) or any(p for _, _, p in items):
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, save_to)
