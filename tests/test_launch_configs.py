@@ -1,0 +1,126 @@
+"""The accelerate + DeepSpeed configs and launch commands, checked by the libraries that consume them.
+
+A typo in ``configs/accelerate/*.yaml`` or in the argv :func:`vadr1_lib.launch.accelerate_command`
+builds would only surface on the 4x A100 machine, hours into a queue. Here accelerate's own
+config loader, its launch argument parser and its launch validation read them on a CPU, and
+``DeepSpeedPlugin`` builds the DeepSpeed config the training processes would get.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DeepSpeedPlugin, DistributedType
+from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+from vadr1_lib import cli, config, launch, paths
+from vadr1_lib.config import load_profile
+
+ACCELERATE_DIR = paths.CONFIGS_DIR / "accelerate"
+FULL = load_profile("full-4xa100")
+STAGE_ZERO = {"sft": 2, "grpo": 3}
+
+
+@pytest.mark.parametrize(("stage", "zero_stage"), STAGE_ZERO.items())
+def test_accelerate_config_loads_with_accelerates_loader(stage: str, zero_stage: int) -> None:
+    config_file = ACCELERATE_DIR / getattr(FULL.launch, f"accelerate_config_{stage}")
+    config = load_config_from_file(str(config_file))
+    assert isinstance(config, ClusterConfig)
+    assert config.distributed_type == DistributedType.DEEPSPEED
+    assert config.deepspeed_config["zero_stage"] == zero_stage
+    assert config.mixed_precision == FULL.launch.mixed_precision == "bf16"
+    assert config.num_processes == FULL.launch.num_processes == 4
+    assert (config.num_machines, config.use_cpu) == (1, False)
+    # ZeRO-3 must save one 16-bit file, or the GRPO result would not load with from_pretrained
+    assert config.deepspeed_config.get("zero3_save_16bit_model", False) is (zero_stage == 3)
+
+
+def _validated_launch_args(stage: str):
+    """The argv of ``accelerate_command`` parsed and validated the way ``accelerate launch`` does."""
+    command = launch.accelerate_command(FULL, stage, ["--profile", FULL.name])
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    args = launch_command_parser().parse_args(command[3:])
+    args, defaults, mixed_precision_from_config = _validate_launch_command(args)
+    return args, defaults, mixed_precision_from_config
+
+
+@pytest.mark.parametrize(("stage", "zero_stage"), STAGE_ZERO.items())
+def test_accelerate_command_is_a_valid_accelerate_launch(stage: str, zero_stage: int) -> None:
+    args, _, _ = _validated_launch_args(stage)
+    assert args.module and args.training_script == "vadr1_lib"
+    assert args.training_script_args == [stage, "--profile", "full-4xa100"]
+    assert Path(args.config_file) == ACCELERATE_DIR / getattr(FULL.launch, f"accelerate_config_{stage}")
+    assert args.use_deepspeed and not args.multi_gpu and not args.use_fsdp
+    assert (args.num_processes, args.zero_stage, args.mixed_precision) == (4, zero_stage, "bf16")
+
+
+@pytest.mark.parametrize(("stage", "zero_stage"), STAGE_ZERO.items())
+def test_training_processes_get_the_intended_deepspeed_config(stage: str, zero_stage: int, monkeypatch) -> None:
+    """The environment ``accelerate launch`` hands each process, read back by ``DeepSpeedPlugin``."""
+    args, defaults, mixed_precision_from_config = _validated_launch_args(stage)
+    # as accelerate.commands.launch.launch_command does before calling deepspeed_launcher
+    fields = list(defaults.deepspeed_config) + (["mixed_precision"] if mixed_precision_from_config else [])
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    _, env = prepare_deepspeed_cmd_env(args)
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    plugin = DeepSpeedPlugin()
+    zero = plugin.deepspeed_config["zero_optimization"]
+    assert zero["stage"] == zero_stage
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "none"
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is (zero_stage == 3)
+    assert plugin.zero3_init_flag is (zero_stage == 3)
+    # batch size, accumulation and clipping stay "auto": TrainingArguments fill them from the profile
+    assert plugin.deepspeed_config["gradient_accumulation_steps"] == "auto"
+    assert plugin.deepspeed_config["gradient_clipping"] == "auto"
+
+
+@pytest.mark.parametrize("stage", STAGE_ZERO)
+def test_hf_deepspeed_config_accepts_the_plugin_config(stage: str) -> None:
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (the `cluster` extra installs it)")
+    from transformers.integrations import HfDeepSpeedConfig
+
+    config_file = ACCELERATE_DIR / getattr(FULL.launch, f"accelerate_config_{stage}")
+    ds = load_config_from_file(str(config_file)).deepspeed_config
+    plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], zero3_init_flag=ds["zero3_init_flag"],
+                             zero3_save_16bit_model=ds.get("zero3_save_16bit_model", False))
+    hf_config = HfDeepSpeedConfig(plugin.deepspeed_config)
+    assert hf_config.is_zero3() is (STAGE_ZERO[stage] == 3)
+
+
+def test_sft_dry_run_prints_the_zero2_accelerate_command(release_sft_path) -> None:
+    """Needs the release's SFT file (its hash is part of the stage fingerprint); downloads nothing."""
+    # HF_HUB_OFFLINE: any attempt to reach the hub fails the command instead of downloading.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VADR1_RELEASE_DIR": str(release_sft_path.parent)}
+    result = subprocess.run([sys.executable, "-m", "vadr1_lib", "sft", "--profile", "full-4xa100", "--dry-run"],
+                            capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    expected = launch.format_command(launch.accelerate_command(FULL, "sft", ["--profile", "full-4xa100"]))
+    assert result.stdout.strip().splitlines()[-1] == expected
+    assert "--config_file " + str(ACCELERATE_DIR / "zero2.yaml") in expected
+
+
+SBATCH_SCRIPTS = {"slurm_full_4xa100.sbatch": "full-4xa100", "slurm_qlora_24gb.sbatch": "qlora-24gb"}
+
+
+@pytest.mark.parametrize(("script", "profile_name"), SBATCH_SCRIPTS.items())
+def test_slurm_script_is_valid_bash_and_names_real_profiles_and_commands(script: str, profile_name: str) -> None:
+    path = paths.PROJECT_ROOT / "scripts" / script
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    text = path.read_text()
+    profiles = set(re.findall(r"--profile (\S+)", text))
+    assert profiles == {profile_name} and profile_name in config.available_profiles()
+    commands = set(re.findall(r"-m vadr1_lib ([a-z-]+)", text))
+    assert {"run-notebooks", "sft", "grpo", "plan-memory"} <= commands
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices  # argparse keeps them here
+    assert commands <= set(subcommands), commands - set(subcommands)
+    gpus = int(re.search(r"^#SBATCH --gres=gpu:(\d+)$", text, re.MULTILINE).group(1))
+    assert gpus == load_profile(profile_name).launch.num_processes
+    assert re.search(r"^#SBATCH --output=runs/", text, re.MULTILINE)
