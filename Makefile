@@ -1,5 +1,5 @@
 # Two commands, each doing its own set-up:
-#   make run   - create/update .venv, then run every notebook with papermill (cpu profile)
+#   make run   - create/update .venv, run every notebook with papermill (cpu profile), update README results
 #   make test  - create/update .venv, then pytest: unit tests + nbmake over notebooks/ (ci profile)
 # The virtual environment is (re)installed only when pyproject.toml changed.
 
@@ -20,6 +20,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m vadr1_lib run-notebooks --profile $(PROFILE)
+	$(PY) -m vadr1_lib report --profile $(PROFILE) --write-readme
 
 test: $(STAMP)
 	VADR1_PROFILE=ci $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q

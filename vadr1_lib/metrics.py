@@ -32,11 +32,11 @@ from nltk.tokenize.punkt import PunktSentenceTokenizer
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from nltk.translate.meteor_score import meteor_score
 
+from vadr1_lib.parsing import says_normal
 from vadr1_lib.wordnet import ensure_wordnet
 
 Span = tuple[float, float]
 
-NORMAL_LABEL = "Normal"
 WHOLE_VIDEO: Span = (0.0, 1.0)
 MISSING_SPAN: Span = (0.0, 0.0)
 DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -54,7 +54,7 @@ def is_predicted_abnormal(which: str | None) -> bool:
     empty tag or no ``<which>`` at all (None). Only surrounding whitespace is ignored;
     ``normal`` in lower case is Abnormal, as in the release.
     """
-    return which is None or which.strip() != NORMAL_LABEL
+    return not says_normal(which)
 
 
 def detection_scores(y_true_abnormal: Sequence[bool], y_pred_abnormal: Sequence[bool]) -> dict[str, float]:

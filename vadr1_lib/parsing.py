@@ -317,6 +317,13 @@ def _field_problems(fields: list[tuple[str, str]], is_normal: bool) -> list[str]
     return problems
 
 
+def says_normal(which: str | None) -> bool:
+    """The release's detection rule, defined once: only an exact ``Normal`` in ``<which>``
+    (surrounding whitespace aside) is a Normal answer; anything else, including a missing
+    ``<which>``, a category name or ``normal`` in lower case, counts as Abnormal."""
+    return which is not None and which.strip() == NORMAL_LABEL
+
+
 def parse_completion(text: str, kind: str = "p2c") -> ParsedCompletion:
     """Parse one completion; ``kind`` is the prompt kind it answers ("p2c" or "direct").
 
@@ -338,7 +345,7 @@ def parse_completion(text: str, kind: str = "p2c") -> ParsedCompletion:
         return text[found[0] : found[1]].strip() if found is not None else None
 
     fields = {name: field(name) for name in ABNORMAL_ANSWER_TAGS}
-    is_normal = fields["which"] == NORMAL_LABEL
+    is_normal = says_normal(fields["which"])
     span, span_problem = _parse_span(fields["when"])
 
     structure = _scan_structure(index)

@@ -165,3 +165,20 @@ def span_timelines(items: Sequence[tuple[str, tuple[float, float] | None, tuple[
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, save_to)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, title: str = "",
+                     save_to: str | Path | None = None) -> Figure:
+    """Counts of (true row, predicted column), annotated in each cell."""
+    data = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(labels), 1.0 + 0.8 * len(labels)))
+    ax.imshow(data, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), value in np.ndenumerate(data):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > data.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, save_to)
