@@ -154,6 +154,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from vadr1_lib import sft, stages
+
+    profile = _profile(args)
+    use_ava = profile.grpo.use_ava and not args.no_ava
+    out = stages.ensure_grpo(profile, use_ava=use_ava, dry_run=args.dry_run)
+    marker = sft.read_marker(out)
+    if marker and not args.dry_run:
+        step = "" if marker["mean_step_seconds"] is None else f", {marker['mean_step_seconds']:.2f} s/step"
+        flips = "" if marker["flip_rate"] is None else f", verifier flip rate {marker['flip_rate']:.2f}"
+        print(f"{marker['stage']} from {marker['start_model']}: {marker['global_step']} steps in "
+              f"{marker['train_seconds']:.0f} s{step}{flips} -> {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vadr1_lib import report
+
+    profile = config.load_profile(args.profile)
+    if args.write_readme:
+        print(f"updated {report.write_readme(profile)}")
+    else:
+        print(report.results_markdown(profile))
+    return 0
+
+
 def cmd_run_notebooks(args: argparse.Namespace) -> int:
     from vadr1_lib import runner
 
@@ -165,6 +191,15 @@ def cmd_run_notebooks(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(runner.summary(runs))
+    return 0
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> int:
+    from vadr1_lib import memory
+
+    # load_profile, not _profile: planning needs no torch, so the command answers at once.
+    plan = memory.plan_memory(config.load_profile(args.profile, args.overrides), gpu_gb=args.gpu_gb)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else memory.format_plan(plan))
     return 0
 
 
@@ -226,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the accelerate command of a multi-process profile")
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("grpo", help="AVA-GRPO (or plain GRPO) from the profile's SFT result into runs/<profile>/ava-grpo/")
+    _add_profile_args(p)
+    p.add_argument("--no-ava", action="store_true", help="plain GRPO without anomaly verification, into runs/<profile>/grpo/")
+    p.add_argument("--dry-run", action="store_true", help="print the accelerate command of a multi-process profile")
+    p.set_defaults(func=cmd_grpo)
+
     p = sub.add_parser("evaluate", help="score predictions against ground truth (release protocol + strict figures)")
     p.add_argument("--pred", action="append", required=True, metavar="FILE",
                    help="predictions from `infer`, or a release-format JSONL; repeat to compare models in one table")
@@ -235,10 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("report", help="the results table from runs/<profile>/metrics (optionally into README.md)")
+    _add_profile_args(p)
+    p.add_argument("--write-readme", action="store_true", help="replace the README's results block")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("run-notebooks", help="run the notebooks in order with papermill into runs/<profile>/notebooks/")
     _add_profile_args(p)
     p.add_argument("--only", action="append", default=[], metavar="NN[,NN]", help="only these notebook numbers, e.g. 03,04")
     p.set_defaults(func=cmd_run_notebooks)
+    p = sub.add_parser("plan-memory", help="estimate per-GPU memory of the profile's SFT and GRPO stages, and whether they fit")
+    _add_profile_args(p)
+    p.add_argument("--gpu-gb", type=float, default=None,
+                   help="memory per device in GiB (default: the profile's card, 80 or 24; none for CPU profiles)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan_memory)
     return parser
 
 

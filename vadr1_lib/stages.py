@@ -141,3 +141,39 @@ def test_records(profile: Profile) -> list[dataset.SFTRecord]:
     splits = data_splits(profile)
     records = dataset.load_sft(splits.test, video_root=splits.video_root)
     return records[: profile.eval.max_test_videos] if profile.eval.max_test_videos > 0 else records
+
+
+def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Path:
+    """The (AVA-)GRPO result of the profile under ``runs/<profile>/ava-grpo/`` (``grpo/`` without
+    AVA), trained from the profile's SFT result (itself built when missing).
+
+    Multi-process profiles run the ``grpo`` command under ``accelerate launch`` (ZeRO-3
+    config); with ``dry_run`` that command is printed instead of run.
+    """
+    from vadr1_lib import grpo, sft
+
+    start = ensure_sft(profile, dry_run=dry_run)
+    splits = data_splits(profile)
+    out = grpo.stage_dir(profile, use_ava=use_ava)
+    fingerprint = grpo.fingerprint(profile, start, splits.rl, use_ava=use_ava)
+    marker = sft.read_marker(out)
+    if marker is not None and marker.get("fingerprint") == fingerprint:
+        return out
+    if launch.needs_launcher(profile):
+        command = launch.accelerate_command(profile, "grpo", ["--profile", profile.name,
+                                                              *([] if use_ava else ["--no-ava"]),
+                                                              *[f"--set={o}" for o in profile.overrides]])
+        if dry_run:
+            print(launch.format_command(command))
+            return out
+        if launch.run(command) != 0:
+            raise RuntimeError(f"GRPO under accelerate failed: {launch.format_command(command)}")
+        return out
+    if dry_run:
+        print(f"would train {'AVA-GRPO' if use_ava else 'GRPO'} in this process into {out}")
+        return out
+    sft.discard_stale(out, fingerprint)
+    result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root)
+    if launch.is_main_process():
+        grpo.write_marker(result, profile, start, fingerprint)
+    return out

@@ -1,0 +1,160 @@
+"""VideoGRPOTrainer on the ci profile: the video reaches every log-prob forward, a step
+trains, AVA runs through the real model, and the stage is cached and loadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import trl
+
+from vadr1_lib import cli, dataset, grpo, modeling, prompts, rewards, stages, video
+from vadr1_lib.config import load_profile
+
+ABNORMAL_OK = prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
+    prompts.format_answer_abnormal("Fire", "a fire starts", (0.25, 0.75), "centre", "fire is dangerous", "damage")
+NORMAL_OK = prompts.format_think(["A street with people.", "Everyone walks calmly."]) + "\n" + \
+    prompts.format_answer_normal("Normal", "people walk", "nothing unusual happens")
+VIDEO_FORWARD_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
+
+
+@pytest.fixture(scope="module")
+def ci(tmp_path_factory):
+    """The ci profile (no weight decay, so only gradients move weights) and its SFT result, in a private runs dir."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
+        profile = load_profile("ci", {"grpo.weight_decay": 0.0})
+        modeling.configure_threads(profile)
+        yield profile, stages.ensure_sft(profile), stages.data_splits(profile)
+
+
+def alternating_reward(completions, **kwargs) -> list[float]:
+    """0, 1, 0, 1 …: every group of two gets a non-zero advantage, whatever the model writes."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
+@pytest.fixture(scope="module")
+def trained(ci, tmp_path_factory):
+    """One GRPO step with forward hooks on the policy and the reference model."""
+    profile, start, splits = ci
+    model, processor = modeling.load_for_training(start, profile)
+    records = dataset.load_rl(splits.rl, video_root=splits.video_root)
+    args = grpo.training_arguments(profile, tmp_path_factory.mktemp("grpo"), processor)
+    args.save_strategy = "no"
+    trainer = grpo.VideoGRPOTrainer(model=model, reward_funcs=[alternating_reward, rewards.format_reward], args=args,
+                                    train_dataset=grpo.rl_dataset(records, profile), processing_class=processor)
+    calls: list[tuple[str, bool, dict]] = []
+
+    def recorder(name):
+        def hook(module, args, kwargs):
+            if "labels" in kwargs:  # TRL's log-prob forwards pass labels; generation steps do not
+                calls.append((name, torch.is_grad_enabled(), kwargs))
+        return hook
+
+    handles = [model.register_forward_pre_hook(recorder("policy"), with_kwargs=True),
+               trainer.ref_model.register_forward_pre_hook(recorder("reference"), with_kwargs=True)]
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    for handle in handles:
+        handle.remove()
+    return trainer, processor, calls, before
+
+
+def test_video_reaches_every_log_prob_forward(trained) -> None:
+    trainer, processor, calls, _ = trained
+    assert {(name, grad) for name, grad, _ in calls} == {("reference", False), ("policy", True)}
+    for _, _, kwargs in calls:
+        assert all(kwargs.get(key) is not None for key in VIDEO_FORWARD_KEYS)
+        video_tokens = (kwargs["input_ids"] == processor.video_token_id)
+        assert torch.equal(kwargs["mm_token_type_ids"] == 2, video_tokens)
+        merge = processor.video_processor.merge_size ** 2
+        assert int(video_tokens.sum()) == int(kwargs["video_grid_thw"].prod(-1).sum()) // merge
+        assert kwargs["second_per_grid_ts"].tolist() == [1.0] * len(kwargs["input_ids"])  # 2 frames at 2 fps
+
+
+def test_one_step_changes_the_weights(trained) -> None:
+    trainer, _, _, before = trained
+    assert trainer.state.global_step == 1
+    changed = [name for name, p in trainer.model.named_parameters() if name in before and not torch.equal(p, before[name])]
+    assert len(changed) > len(before) // 2
+    assert any(name.startswith("model.visual.") for name in changed)  # the gradient flowed through the video
+
+
+def _logps_inputs(processor, profile, path: str, completion: str):
+    clip = video.training_clip(path, profile.video)
+    text = processor.apply_chat_template(prompts.build_messages("p2c"), add_generation_prompt=True, tokenize=False)
+    full = processor(text=[text + completion], return_tensors="pt", **modeling.video_inputs([clip]))
+    per_sample = {"pixel_values_videos": [full["pixel_values_videos"]], "video_grid_thw": [full["video_grid_thw"]],
+                  "second_per_grid_ts": [torch.tensor([float(t) for t in full["second_per_grid_ts"]])]}
+    return full, per_sample
+
+
+def test_log_probs_follow_the_video_and_match_a_plain_forward(trained, ci) -> None:
+    trainer, processor, _, _ = trained
+    profile, _, splits = ci
+    model = trainer.model.eval()
+    paths = [str(r.path) for r in dataset.load_rl(splits.rl, video_root=splits.video_root)]
+    completion_len = len(processor.tokenizer(NORMAL_OK)["input_ids"])
+    results = []
+    for path in paths[:2]:
+        full, per_sample = _logps_inputs(processor, profile, path, NORMAL_OK)
+        trainer._batch_video = per_sample
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, full["input_ids"], full["attention_mask"],
+                                                                     completion_len)
+            trainer._batch_video = None
+            logits = model(**full).logits[:, -completion_len - 1:-1]
+            stock, _, _ = trl.GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, model, full["input_ids"], full["attention_mask"], completion_len)
+        plain = torch.log_softmax(logits / profile.grpo.temperature, -1).gather(
+            -1, full["input_ids"][:, -completion_len:, None])[..., 0]
+        assert torch.allclose(logps, plain, atol=1e-5)  # same positions and video as the processor's own forward
+        assert (stock - plain).abs().max() > 1e-3  # stock TRL (no video) computes something else
+        results.append(logps)
+    assert (results[0] - results[1]).abs().max() > 1e-4  # another clip, other log-probs
+    model.train()
+
+
+def test_ava_batches_its_queries_through_the_trainer_model(trained, ci, monkeypatch) -> None:
+    trainer, processor, _, _ = trained
+    profile, _, splits = ci
+    path = str(dataset.load_rl(splits.rl, video_root=splits.video_root)[0].path)
+    model = trainer.model
+    model.train()
+    seen_modes: list[bool] = []
+    real_generate = model.generate
+
+    def counting_generate(*args, **kwargs):
+        seen_modes.append(model.training)
+        assert kwargs["input_ids"].shape[0] == 3
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counting_generate)
+    ava = rewards.AnomalyVerificationReward(lambda: trainer, processor, profile, seed=0)
+    values = ava([ABNORMAL_OK, NORMAL_OK, NORMAL_OK, "junk"], solution=["Abnormal", "Normal", "Normal", "Normal"],
+                 video_path=[path] * 4)
+    assert seen_modes == [False]  # one batched call, in eval mode
+    assert model.training  # and back to training afterwards
+    assert values[0] in (0.0, 0.5) and values[1] in (0.0, -0.2) and values[2] in (0.0, -0.2) and values[3] == 0.0
+    assert ava.history[-1]["queries"] == 3
+
+
+def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci, capsys) -> None:
+    profile, start, _ = ci
+    out = stages.ensure_grpo(profile, use_ava=True)
+    assert out == profile.run_dir / "ava-grpo"
+    marker = json.loads((out / modeling.STAGE_MARKER_FILE).read_text())
+    assert marker["stage"] == "ava-grpo" and marker["global_step"] == 1 and marker["start_model"] == str(start)
+    assert set(marker["reward_curves"]) == {"reward", "rewards/accuracy_reward/mean", "rewards/format_reward/mean",
+                                            "rewards/length_reward/mean", "rewards/ava_reward/mean"}
+    assert len(marker["ava_history"]) == 1 and marker["mean_step_seconds"] > 0
+    model, _ = modeling.load_model_and_processor(out, profile)
+    assert isinstance(model, torch.nn.Module)
+    modified = (out / "model.safetensors").stat().st_mtime_ns
+    assert cli.main(["grpo", "--profile", "ci", "--set", "grpo.weight_decay=0.0"]) == 0
+    assert (out / "model.safetensors").stat().st_mtime_ns == modified  # cached, not retrained
+    assert "ava-grpo from" in capsys.readouterr().out
+    assert cli.main(["grpo", "--profile", "ci", "--no-ava", "--dry-run", "--set", "grpo.weight_decay=0.0"]) == 0
+    assert f"would train GRPO in this process into {Path(profile.run_dir) / 'grpo'}" in capsys.readouterr().out

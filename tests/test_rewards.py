@@ -1,0 +1,205 @@
+"""Rewards on hand-written completions, with exact values; AVA with a scripted generate_fn.
+
+The AVA call through a real model lives in test_grpo.py, next to the other tests that
+need the ci model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from vadr1_lib import prompts, rewards, stages, video
+from vadr1_lib.config import GRPOConfig, load_profile
+from vadr1_lib.taxonomy import UnknownLabelError
+
+NORMAL_OK = prompts.format_think(["A street with people walking.", "Everyone walks calmly."]) + "\n" + \
+    prompts.format_answer_normal("Normal", "people walk along the street", "nothing unusual happens")
+
+
+def abnormal(span: tuple[float, float] = (0.25, 0.75), which: str = "Fire") -> str:
+    return prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
+        prompts.format_answer_abnormal(which, "a fire starts", span, "centre", "fire is dangerous", "damage")
+
+
+ABNORMAL_OK = abnormal()
+ABNORMAL_NO_SPAN = "<answer><which>Fire</which></answer>"  # accuracy on an abnormal video, no format, no span
+GARBAGE = ["", "!!!", "日本語 <which> \u200b", "<which></which>", "<think><step1>x</step1>", "\x00" * 10]
+
+
+def as_message(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+# ---------------------------------------------------------------------------------------
+# accuracy and format
+
+
+def test_accuracy_compares_binary_label_with_weak_label() -> None:
+    completions = [NORMAL_OK, NORMAL_OK, ABNORMAL_OK, ABNORMAL_OK, abnormal(which="Abnormal"),
+                   "<which>normal</which>", ABNORMAL_NO_SPAN, "no tags at all"]
+    solution = ["Normal", "Abnormal", "Abnormal", "Normal", "Abnormal", "Abnormal", "Abnormal", "Normal"]
+    # "normal" (lowercase) is not exactly Normal, so it reads as Abnormal; no <which> earns nothing.
+    assert rewards.accuracy_reward(completions, solution=solution) == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_accuracy_reads_conversational_completions_and_category_labels() -> None:
+    completions = [as_message(ABNORMAL_OK), [{"role": "assistant", "content": [{"type": "text", "text": NORMAL_OK}]}]]
+    assert rewards.accuracy_reward(completions, solution=["Fire", "normal"]) == [1.0, 1.0]
+
+
+def test_accuracy_rejects_unknown_weak_label() -> None:
+    with pytest.raises(UnknownLabelError):
+        rewards.accuracy_reward([NORMAL_OK], solution=["Maybe"])
+
+
+def test_format_reward() -> None:
+    two_step_abnormal = prompts.format_think(["a", "b"]) + "\n" + prompts.format_answer_abnormal(
+        "Fire", "w", (0.1, 0.2), "x", "y", "z")
+    truncated = ABNORMAL_OK[: len(ABNORMAL_OK) // 2]
+    completions = [NORMAL_OK, ABNORMAL_OK, as_message(NORMAL_OK), "  " + NORMAL_OK + "\n", two_step_abnormal,
+                   truncated, ABNORMAL_NO_SPAN, NORMAL_OK + " trailing text"]
+    assert rewards.format_reward(completions) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_rewards_never_raise_on_garbage() -> None:
+    completions = [*GARBAGE, None, 42, [{"role": "user"}], [{"role": "assistant", "content": None}]]
+    solution = ["Abnormal"] * len(completions)
+    assert rewards.accuracy_reward(completions, solution=solution) == [0.0] * len(completions)
+    assert rewards.format_reward(completions) == [0.0] * len(completions)
+    length = rewards.LengthReward(GRPOConfig(num_generations=len(completions)))
+    assert length(completions, solution=solution, completion_ids=[[1] * 300] * len(completions)) == \
+        [0.0] * len(completions)
+
+
+# ---------------------------------------------------------------------------------------
+# length
+
+
+def test_length_bonus_needs_two_correct_in_the_group_and_the_label_range() -> None:
+    reward = rewards.LengthReward(GRPOConfig(num_generations=4))  # ranges 140-261 normal, 233-456 abnormal
+    completions = [ABNORMAL_OK, ABNORMAL_OK, NORMAL_OK, ABNORMAL_OK,  # group 1: abnormal video, 3 correct
+                   NORMAL_OK, ABNORMAL_OK, "junk", ABNORMAL_OK,  # group 2: normal video, 1 correct
+                   NORMAL_OK, NORMAL_OK, NORMAL_OK, ABNORMAL_OK]  # group 3: normal video, 3 correct
+    solution = ["Abnormal"] * 4 + ["Normal"] * 8
+    lengths = [300, 100, 300, 456,
+               200, 300, 200, 300,
+               140, 261, 262, 200]
+    ids = [[7] * n for n in lengths]
+    assert reward(completions, solution=solution, completion_ids=ids) == [
+        0.2, 0.0, 0.0, 0.2,
+        0.0, 0.0, 0.0, 0.0,
+        0.2, 0.2, 0.0, 0.0,
+    ]
+
+
+def test_length_counts_with_the_tokenizer_when_ids_are_missing() -> None:
+    class WordTokenizer:
+        def __call__(self, text: str, add_special_tokens: bool) -> dict:
+            return {"input_ids": text.split()}
+
+    cfg = dataclasses.replace(GRPOConfig(num_generations=2), length_range_normal=[1, 30])
+    reward = rewards.LengthReward(cfg, WordTokenizer())
+    padded = NORMAL_OK + " word" * 40  # still correct, but now too long
+    assert reward([NORMAL_OK, padded], solution=["Normal", "Normal"]) == [0.2, 0.0]
+    with pytest.raises(TypeError, match="completion_ids"):
+        rewards.LengthReward(cfg)([NORMAL_OK, NORMAL_OK], solution=["Normal", "Normal"])
+
+
+def test_length_rejects_a_batch_that_is_not_whole_groups() -> None:
+    with pytest.raises(ValueError, match="groups of 4"):
+        rewards.LengthReward(GRPOConfig(num_generations=4))([NORMAL_OK] * 3, solution=["Normal"] * 3,
+                                                             completion_ids=[[1]] * 3)
+
+
+# ---------------------------------------------------------------------------------------
+# AVA with a scripted model
+
+
+@pytest.fixture(scope="module")
+def ci_videos() -> tuple[list[str], int]:
+    """Paths of the ci RL clips (8 frames at 4 fps: training samples 4 frames)."""
+    splits = stages.data_splits(load_profile("ci"))
+    paths = sorted(str(p) for p in Path(splits.rl).parent.glob("videos/rl/*.mp4"))
+    return paths, video.read_video_info(paths[0]).num_frames
+
+
+class ScriptedModel:
+    """A generate_fn that answers from a script and records every call's clips."""
+
+    def __init__(self, answers: list[str]) -> None:
+        self.answers = answers
+        self.calls: list[list[video.VideoClip]] = []
+
+    def __call__(self, clips: list[video.VideoClip]) -> list[str]:
+        self.calls.append(clips)
+        return self.answers[: len(clips)]
+
+
+def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos) -> None:
+    paths, num_frames = ci_videos
+    assert num_frames == 8
+    profile = load_profile("ci")  # bonus +0.5, penalty -0.2, trim 0.3
+    cases = [  # (weak label, rollout, scripted answer on the trimmed clip, expected reward)
+        ("Abnormal", ABNORMAL_OK, NORMAL_OK, 0.5),  # the anomaly was in the span: bonus
+        ("Abnormal", ABNORMAL_OK, ABNORMAL_OK, 0.0),  # still abnormal without the span
+        ("Normal", NORMAL_OK, ABNORMAL_OK, -0.2),  # flips under a harmless cut, earned acc + format
+        ("Normal", NORMAL_OK, NORMAL_OK, 0.0),
+        ("Abnormal", NORMAL_OK, "<which>Fighting</which>", -0.2),  # wrong, but format earned
+        ("Abnormal", "garbage", None, 0.0),  # nothing earned: not re-queried
+        ("Abnormal", ABNORMAL_NO_SPAN, ABNORMAL_OK, -0.2),  # no span -> head/tail branch; accuracy earned
+        ("Normal", NORMAL_OK, "no answer at all", 0.0),  # a re-answer without <which> says nothing
+        ("Abnormal", abnormal(span=(0.0, 1.0)), None, 0.0),  # the span covers every frame: untrimmable
+    ]
+    model = ScriptedModel([answer for _, _, answer, _ in cases if answer is not None])
+    ava = rewards.AnomalyVerificationReward(None, None, profile, seed=0, generate_fn=model)
+    logged: dict[str, float] = {}
+    got = ava([as_message(c[1]) for c in cases], solution=[c[0] for c in cases],
+              video_path=[paths[i % len(paths)] for i in range(len(cases))],
+              log_metric=logged.__setitem__)
+    assert got == [c[3] for c in cases]
+    assert len(model.calls) == 1 and len(model.calls[0]) == 7  # one batched call for every re-query
+    record = ava.history[-1]
+    assert record["branches"] == ["abnormal", "abnormal", "normal", "normal", "normal", "normal-skipped", "normal",
+                                  "normal", "abnormal-untrimmable"]
+    assert (record["queries"], record["flips"], record["bonus"], record["penalty"], record["untrimmable"]) == \
+        (7, 3, 1, 3, 1)
+    assert ava.flip_rate == pytest.approx(3 / 7)
+    assert logged == {"ava/queries": 7.0, "ava/flip_rate": pytest.approx(3 / 7)}
+
+
+def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos) -> None:
+    paths, num_frames = ci_videos
+    profile = load_profile("ci")
+    model = ScriptedModel([NORMAL_OK] * 8)
+    ava = rewards.AnomalyVerificationReward(None, None, profile, seed=3, generate_fn=model)
+    ava([ABNORMAL_OK] + [NORMAL_OK] * 7, solution=["Abnormal"] + ["Normal"] * 7, video_path=[paths[0]] * 8)
+    span_clip, *cut_clips = model.calls[0]
+    # Frames 2..6 (t = i/8 in [0.25, 0.75]) are dropped; 4 frames are resampled from 0, 1, 7.
+    assert span_clip.indices == [0, 1, 1, 7]
+    assert len(span_clip.frames) == 4
+    heads = []
+    for clip in cut_clips:
+        assert len(clip.indices) == 4
+        head_cut = all(i / num_frames > 0.3 for i in clip.indices)
+        tail_cut = all(i / num_frames < 0.7 for i in clip.indices)
+        assert head_cut != tail_cut
+        heads.append(head_cut)
+    assert len(set(heads)) == 2  # the coin is drawn per rollout
+    again = ScriptedModel([NORMAL_OK] * 8)
+    rewards.AnomalyVerificationReward(None, None, profile, seed=3, generate_fn=again)(
+        [ABNORMAL_OK] + [NORMAL_OK] * 7, solution=["Abnormal"] + ["Normal"] * 7, video_path=[paths[0]] * 8)
+    assert [c.indices for c in again.calls[0]] == [c.indices for c in model.calls[0]]  # seeded
+
+
+def test_ava_without_queries_still_calls_generate_once_with_nothing(ci_videos) -> None:
+    """Under ZeRO-3 every process must enter the generation context, even with nothing to ask."""
+    paths, _ = ci_videos
+    model = ScriptedModel([])
+    ava = rewards.AnomalyVerificationReward(None, None, load_profile("ci"), generate_fn=model)
+    assert ava(GARBAGE, solution=["Normal"] * len(GARBAGE), video_path=[paths[0]] * len(GARBAGE)) == \
+        [0.0] * len(GARBAGE)
+    assert model.calls == [[]]
+    assert ava.flip_rate is None

@@ -1,0 +1,285 @@
+"""(AVA-)GRPO with TRL's ``GRPOTrainer``, with the video in every forward pass.
+
+Stock TRL 1.16 shows the video to generation only (``../shared/notes/trl-video.md``): the
+old, reference and policy log-prob forwards rebuild their multimodal inputs from *images*,
+so the loss would be computed on ``<|video_pad|>`` tokens read as plain text with 1D
+positions, and nothing would raise. :class:`VideoGRPOTrainer` fixes that with four small
+overrides that all call ``super()``:
+
+- ``_generate_and_score_completions``: remembers the batch's clips (their real fps is
+  needed by the processor) and attaches the per-sample video tensors to the batch it
+  returns, so they travel with the rollouts through TRL's shuffle and split.
+- ``_tokenize_prompts``: hands the clips' metadata to the processor (frames without it
+  are taken as 24 fps) and keeps the video tensors the processor made, one per sample.
+  Per-sample *lists* are what TRL's ``shuffle_sequence_dict`` / ``split_tensor_dict``
+  keep aligned; a patch-indexed tensor would be cut at the wrong rows.
+- ``_compute_loss``: makes the batch's video visible to the policy forward.
+- ``_get_per_token_logps_and_entropies``: per chunk, adds ``pixel_values_videos``,
+  ``video_grid_thw``, ``second_per_grid_ts`` and ``mm_token_type_ids`` over prompt +
+  completion (without the latter Qwen2.5-VL silently falls back to 1D positions). TRL's
+  method has no video parameters, so the video goes in through ``functools.partial`` on
+  the model it calls.
+
+The dataset keeps light columns in Arrow (video path, weak label) and attaches decoded
+frames with ``Dataset.with_transform``: frames stored in Arrow come back as nested lists
+that the video processor rejects.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import trl
+
+from vadr1_lib import dataset, modeling, prompts, rewards, sft, video
+from vadr1_lib.config import Profile
+
+CLIP_COLUMN = "clip"  # attached by the transform: the decoded training clip (a VideoClip)
+PATH_COLUMN = "video_path"  # Arrow column: where the clip comes from (AVA re-reads it trimmed)
+VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
+class VideoGRPOTrainer(trl.GRPOTrainer):
+    """``GRPOTrainer`` whose log-prob forwards see the video (module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batch_clips: list[video.VideoClip] | None = None
+        self._batch_video: dict[str, list[torch.Tensor]] | None = None
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self._batch_clips = [row[CLIP_COLUMN] for row in inputs]
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            output.update(self._batch_video)
+        finally:
+            self._batch_clips = self._batch_video = None
+        return output
+
+    def _tokenize_prompts(self, prompts_batch: list) -> tuple[Any, Any, dict[str, Any]]:
+        clips = self._batch_clips
+        if clips is None or len(clips) != len(prompts_batch):
+            raise RuntimeError("_tokenize_prompts needs the batch's clips (set by _generate_and_score_completions)")
+        metadata = {k: v for k, v in modeling.video_inputs(clips).items() if k != "videos"}
+        saved = self.chat_template_kwargs  # the only channel from _tokenize_prompts to the processor
+        self.chat_template_kwargs = {**saved, "processor_kwargs": metadata}
+        try:
+            prompt_ids, images, fields = super()._tokenize_prompts(prompts_batch)
+        finally:
+            self.chat_template_kwargs = saved
+        grids = fields["video_grid_thw"]
+        if len(grids) != len(prompts_batch):
+            raise ValueError(f"expected one video per prompt, got {len(grids)} videos for {len(prompts_batch)} prompts")
+        self._batch_video = {
+            "pixel_values_videos": list(torch.split(fields["pixel_values_videos"], grids.prod(-1).tolist())),
+            "video_grid_thw": list(grids.split(1)),
+            "second_per_grid_ts": [torch.tensor([float(s)]) for s in fields["second_per_grid_ts"]],
+        }
+        return prompt_ids, images, fields
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        self._batch_video = {key: inputs[key] for key in VIDEO_KEYS}
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._batch_video = None
+
+    def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                           logits_to_keep: int, batch_size: int | None = None,
+                                           compute_entropy: bool = False, compute_aux_loss: bool = False,
+                                           **multimodal: Any) -> tuple[torch.Tensor, Any, Any]:
+        batch_video = self._batch_video
+        if batch_video is None:
+            raise RuntimeError("a log-prob forward without the batch's video would train on <|video_pad|> as text")
+        processor = self.processing_class
+        token_types = torch.zeros_like(input_ids)
+        token_types[input_ids == processor.image_token_id] = 1
+        token_types[input_ids == processor.video_token_id] = 2
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies, aux_losses = [], [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            chunk_video = {key: torch.cat(batch_video[key][start:end]).to(input_ids.device) for key in VIDEO_KEYS}
+            chunk = super()._get_per_token_logps_and_entropies(
+                functools.partial(model, **chunk_video), input_ids[start:end], attention_mask[start:end],
+                logits_to_keep, batch_size=end - start, compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss, **{**multimodal, "mm_token_type_ids": token_types[start:end]},
+            )
+            logps.append(chunk[0])
+            entropies.append(chunk[1])
+            aux_losses.append(chunk[2])
+        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+                torch.stack(aux_losses).mean() if compute_aux_loss else None)
+
+
+# ---------------------------------------------------------------------------------------
+# Data, arguments, training
+
+
+def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Dataset:
+    """Light Arrow rows (id, video path, weak label) plus, on access, the decoded clip and the prompt.
+
+    Clips are decoded the training way (about 2 fps, 4 to 16 frames) and cached, because
+    TRL's sampler fetches each video G times per step.
+    """
+    missing = dataset.missing_videos(records)
+    if missing:
+        shown = ", ".join(map(str, missing[:5]))
+        raise FileNotFoundError(f"{len(missing)} of {len(records)} RL videos are missing, e.g. {shown}")
+    for record in records:
+        rewards.binary_label(record.solution)  # an unknown weak label fails here, not mid-training
+    rows = datasets.Dataset.from_list([
+        {"id": f"{r.source}/{r.video}", PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
+    ])
+    clips = sft.ClipCache(lambda path: video.training_clip(path, profile.video))
+
+    def attach_clips(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        decoded = [clips(path) for path in batch[PATH_COLUMN]]
+        return {**batch, CLIP_COLUMN: decoded,
+                "prompt": [prompts.build_messages("p2c", video=clip.frames) for clip in decoded]}
+
+    return rows.with_transform(attach_clips)
+
+
+def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
+    return profile.run_dir / ("ava-grpo" if use_ava else "grpo")
+
+
+def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool) -> str:
+    """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint)."""
+    start_marker = sft.read_marker(Path(start_model)) if Path(start_model).is_dir() else None
+    blob = json.dumps({"start": str(start_model), "start_fingerprint": (start_marker or {}).get("fingerprint"),
+                       "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
+                       "model": asdict(profile.model), "video": asdict(profile.video), "grpo": asdict(profile.grpo),
+                       "sft_mode": profile.sft.mode}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> trl.GRPOConfig:
+    """TRL's config from the profile. ``loss_type="grpo"`` averages over each completion's
+    tokens, then over completions (REFERENCE.md, "GRPO as used there"); TRL's default
+    ``dapo`` would not. Memory settings (gradient checkpointing) come from the SFT section."""
+    g = profile.grpo
+    return trl.GRPOConfig(
+        output_dir=str(output_dir),
+        num_generations=g.num_generations,
+        beta=g.beta,
+        learning_rate=g.learning_rate,
+        lr_scheduler_type=g.lr_scheduler_type,
+        weight_decay=g.weight_decay,
+        num_train_epochs=g.num_train_epochs,
+        max_steps=g.max_steps,
+        per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
+        generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
+        loss_type="grpo",
+        scale_rewards="group",
+        gradient_checkpointing=profile.sft.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=sft.use_bf16(profile),
+        logging_steps=g.logging_steps,
+        save_steps=g.save_steps,
+        save_total_limit=2,
+        seed=g.seed,
+        data_seed=g.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=modeling.pick_device(profile).type == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
+@dataclass
+class GRPOResult:
+    output_dir: Path
+    use_ava: bool
+    train_seconds: float
+    global_step: int
+    log_history: list[dict[str, Any]]
+    resumed_from: str | None
+    step_seconds: list[float]  # TRL's per-step time (generation, rewards, loss), as logged
+    ava_history: list[dict[str, Any]]  # this process's AVA calls (empty without AVA)
+    flip_rate: float | None
+
+    @property
+    def mean_step_seconds(self) -> float | None:
+        return statistics.fmean(self.step_seconds) if self.step_seconds else None
+
+    def reward_curves(self) -> dict[str, list[float]]:
+        """Mean reward per logged step for each reward function, and the total."""
+        curves: dict[str, list[float]] = {}
+        for entry in self.log_history:
+            for key, value in entry.items():
+                if key == "reward" or (key.startswith("rewards/") and key.endswith("/mean")):
+                    curves.setdefault(key, []).append(value)
+        return curves
+
+
+def reward_functions(profile: Profile, processor: Any, trainer_getter: Any, *, use_ava: bool) -> list[Any]:
+    """Accuracy, format and length (and AVA), all with weight 1 as in the release."""
+    funcs: list[Any] = [rewards.accuracy_reward, rewards.format_reward,
+                        rewards.LengthReward(profile.grpo, processor.tokenizer)]
+    if use_ava:
+        funcs.append(rewards.AnomalyVerificationReward(trainer_getter, processor, profile, profile.grpo.seed))
+    return funcs
+
+
+def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool,
+          output_dir: Path | None = None, video_root: Path | None = None) -> GRPOResult:
+    """GRPO (with AVA when ``use_ava``) from ``start_model`` on the RL split; saves model/adapter + processor.
+
+    Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(output_dir or stage_dir(profile, use_ava=use_ava))
+    checkpoints = output_dir / "checkpoints"
+    records = dataset.load_rl(rl_file, video_root=video_root)
+    model, processor = modeling.load_for_training(str(start_model), profile)
+    trainer: VideoGRPOTrainer | None = None
+    funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
+    trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
+                               train_dataset=rl_dataset(records, profile), processing_class=processor)
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(output_dir))
+    ava = funcs[-1] if use_ava else None
+    history = trainer.state.log_history
+    return GRPOResult(output_dir, use_ava, seconds, trainer.state.global_step, history, resume,
+                      [entry["step_time"] for entry in history if "step_time" in entry],
+                      ava.history if ava else [], ava.flip_rate if ava else None)
+
+
+def write_marker(result: GRPOResult, profile: Profile, start_model: str | Path, fingerprint_value: str) -> None:
+    """Mark the stage finished (``ensure_grpo`` reuses it) with its log and reward breakdown.
+
+    ``mode`` is the SFT mode the weights were trained in: ``load_model_and_processor``
+    reads it to re-quantize a QLoRA adapter's base.
+    """
+    marker = {
+        "stage": "ava-grpo" if result.use_ava else "grpo", "profile": profile.name, "mode": profile.sft.mode,
+        "start_model": str(start_model), "fingerprint": fingerprint_value, "train_seconds": result.train_seconds,
+        "global_step": result.global_step, "resumed_from": result.resumed_from,
+        "mean_step_seconds": result.mean_step_seconds, "step_seconds": result.step_seconds,
+        "reward_curves": result.reward_curves(), "flip_rate": result.flip_rate,
+        "ava_history": result.ava_history, "log_history": result.log_history,
+    }
+    (result.output_dir / modeling.STAGE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
+    (result.output_dir / "pending-fingerprint").unlink(missing_ok=True)

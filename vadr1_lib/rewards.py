@@ -1,0 +1,312 @@
+"""The rewards of (AVA-)GRPO: accuracy, format, length and anomaly verification.
+
+Every reward follows TRL's contract, ``reward(completions, **kwargs) -> list[float]``:
+``GRPOTrainer`` calls it once per generation batch with the B*G completions of the batch and
+every dataset column as a keyword list of the same length (here ``solution``, the weak
+label, and ``video_path``), plus ``completion_ids`` (the generated token ids, up to and
+including the first EOS) and ``log_metric``. Completions arrive as strings, or for
+conversational prompts as ``[{"role": "assistant", "content": "..."}]``; both are read.
+All rewards read the text through the one parser, :func:`vadr1_lib.parsing.parse_completion`,
+and never raise on model output (garbage, empty, odd unicode): a bad completion scores 0.
+
+Decisions where the release leaves room (REFERENCE.md, "Rewards"):
+
+- **Accuracy** compares the binary label of ``<which>`` with the weak label: Normal when
+  ``<which>`` is exactly ``Normal``, Abnormal for anything else, which is how the release's
+  evaluation reads it. SFT teaches fine-grained categories in ``<which>`` (``Fire``,
+  ``Fighting`` …), so ``<which>Fire</which>`` on an Abnormal video earns 1: RL keeps the
+  category vocabulary instead of collapsing it to the literal word ``Abnormal``. A
+  completion without ``<which>`` (or with an empty one) claims nothing and earns 0.
+- **Length** counts tokens as ``len(completion_ids)`` (TRL's own completion length,
+  including the closing ``<|im_end|>``); the ranges are inclusive.
+- **AVA** judges each rollout on its own answer (the release read a stale variable: the
+  last rollout of the group). Its re-query is one sample at the profile's GRPO temperature
+  and top-p, like the release's single re-generation. "Now says Normal" means ``<which>``
+  is exactly ``Normal``; "now says Abnormal" means an explicit non-Normal ``<which>``: a
+  re-answer without ``<which>`` says nothing and moves no reward. A rollout on the
+  penalty branch that earned neither accuracy nor format is not re-queried at all: it has
+  nothing to lose, so the query would be pure cost.
+
+Groups: TRL's ``RepeatSampler`` repeats each prompt G times in a row and the trainer
+normalises rewards with ``rewards.view(-1, G)`` over the batch gathered from all
+processes, so a group is a run of G consecutive completions in that global order. A group
+can straddle processes (the paper's 4 GPUs with one video per step hold one completion of
+each group each), so :class:`LengthReward` gathers the correctness flags from every
+process before counting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from vadr1_lib import modeling, parsing, prompts, taxonomy, video
+from vadr1_lib.config import GRPOConfig, Profile
+from vadr1_lib.prompts import ABNORMAL_LABEL, NORMAL_LABEL
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion as TRL passes it: a string, or a list of chat messages.
+
+    For messages, the content of the last assistant turn (a string or a list of text
+    blocks). Anything else reads as the empty string, which every reward scores 0.
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence):
+        for message in reversed(completion):
+            if isinstance(message, dict) and message.get("role") == "assistant":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                if isinstance(content, Sequence):
+                    return "".join(block.get("text", "") for block in content
+                                   if isinstance(block, dict) and isinstance(block.get("text"), str))
+                return ""
+    return ""
+
+
+def binary_label(solution: str) -> str:
+    """The weak label as Normal/Abnormal; a fine-grained category counts as Abnormal.
+
+    An unknown label is a data error and raises ``taxonomy.UnknownLabelError``.
+    """
+    return NORMAL_LABEL if taxonomy.normalize_label(solution) == taxonomy.NORMAL else ABNORMAL_LABEL
+
+
+def _accuracy(parsed: parsing.ParsedCompletion, solution: str) -> float:
+    if not parsed.which:
+        return 0.0
+    return 1.0 if parsed.predicted_label == binary_label(solution) else 0.0
+
+
+def _check_lengths(completions: Sequence[Any], name: str, values: Sequence[Any]) -> None:
+    if len(values) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(values)} values of {name!r}")
+
+
+def accuracy_reward(completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
+    """1.0 when the completion's Normal/Abnormal label (from ``<which>``) equals the weak label, else 0.0."""
+    _check_lengths(completions, "solution", solution)
+    return [_accuracy(parsing.parse_completion(completion_text(c)), s) for c, s in zip(completions, solution)]
+
+
+def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    """1.0 when the whole completion follows the normal or the abnormal P2C-CoT template, else 0.0."""
+    return [1.0 if parsing.parse_completion(completion_text(c)).format_valid else 0.0 for c in completions]
+
+
+class LengthReward:
+    """Group-aware length bonus: ``length_bonus`` for a correct completion whose token count
+    lies in the range of its label, only in a group with more than one correct completion.
+
+    One correct rollout alone already stands out through accuracy; among several correct
+    ones the bonus prefers those of a sensible length (neither a bare answer nor rambling).
+    ``tokenizer`` counts tokens when ``completion_ids`` is not passed (direct calls).
+    """
+
+    __name__ = "length_reward"
+
+    def __init__(self, cfg: GRPOConfig, tokenizer: Any = None) -> None:
+        if cfg.num_generations < 1:
+            raise ValueError(f"num_generations must be >= 1, got {cfg.num_generations}")
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+
+    def token_counts(self, texts: Sequence[str], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:
+        if completion_ids is not None:
+            return [len(ids) for ids in completion_ids]
+        if self.tokenizer is None:
+            raise TypeError("length_reward needs completion_ids (TRL passes them) or a tokenizer")
+        return [len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+
+    def in_range(self, count: int, label: str) -> bool:
+        low, high = self.cfg.length_range_normal if label == NORMAL_LABEL else self.cfg.length_range_abnormal
+        return low <= count <= high
+
+    def __call__(self, completions: Sequence[Any], solution: Sequence[str],
+                 completion_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> list[float]:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        _check_lengths(completions, "solution", solution)
+        texts = [completion_text(c) for c in completions]
+        correct = [_accuracy(parsing.parse_completion(t), s) == 1.0 for t, s in zip(texts, solution)]
+        counts = self.token_counts(texts, completion_ids)
+        _check_lengths(completions, "completion_ids", counts)
+        group_size = self.cfg.num_generations
+        everyone = list(gather_object(correct))  # the global batch, in the order TRL groups it
+        if len(everyone) % group_size:
+            raise ValueError(f"{len(everyone)} completions do not split into groups of {group_size}")
+        offset = PartialState().process_index * len(correct)
+        rewards = []
+        for i, (is_correct, count, label) in enumerate(zip(correct, counts, solution)):
+            start = (offset + i) // group_size * group_size
+            crowded = sum(everyone[start:start + group_size]) > 1
+            bonus = is_correct and crowded and self.in_range(count, binary_label(label))
+            rewards.append(self.cfg.length_bonus if bonus else 0.0)
+        return rewards
+
+
+GenerateFn = Callable[[list[video.VideoClip]], list[str]]
+VERDICT_END = "</which>"  # the re-query's answer is complete once this is written
+
+
+class AnomalyVerificationReward:
+    """AVA: re-ask the model on a trimmed video and reward answers that survive the check.
+
+    Per rollout (REFERENCE.md, "Rewards"):
+
+    - Abnormal with a valid span ``[s, e]``: drop the frames inside the span, resample as
+      many frames as training uses from what is left, re-ask; ``ava_abnormal_bonus`` when
+      the answer is now Normal (the claimed anomaly was where the rollout said it was).
+    - Otherwise (Normal, or Abnormal without a valid span): drop the first or the last
+      ``ava_trim_fraction`` (seeded coin per rollout), re-ask; ``ava_normal_penalty`` when
+      the answer is now Abnormal, only for a rollout that earned accuracy or format.
+
+    All re-queries of a call go through the model in one batched ``generate`` (left
+    padding), in eval mode under ``torch.no_grad()``; inside a trainer under
+    ``trl.models.unwrap_model_for_generation`` (DDP / ZeRO-3), and the training mode is
+    restored afterwards. ``trainer_or_model_getter`` returns the trainer (or a bare model)
+    when called, because the trainer is built after its reward functions.
+    ``generate_fn`` replaces the model call (tests): clips in, one completion text per clip out.
+
+    ``history`` gets one dict per call (per-rollout values, branches, flips, timing);
+    ``flip_rate`` is the share of re-queries whose label differs from the rollout's.
+    """
+
+    __name__ = "ava_reward"
+
+    def __init__(self, trainer_or_model_getter: Callable[[], Any] | None, processor: Any, profile: Profile,
+                 seed: int | None = None, *, generate_fn: GenerateFn | None = None) -> None:
+        if trainer_or_model_getter is None and generate_fn is None:
+            raise ValueError("AVA needs a trainer/model getter or a generate_fn")
+        cfg = profile.grpo
+        video.head_tail_trim(True, cfg.ava_trim_fraction)  # validates the fraction now, not mid-training
+        self.cfg = cfg
+        self.video_cfg = profile.video
+        self.processor = processor
+        self._source = trainer_or_model_getter
+        self._generate = generate_fn or self._generate_with_model
+        self._rng = random.Random(cfg.seed if seed is None else seed)
+        self._infos: dict[str, video.VideoInfo] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # -- the reward -------------------------------------------------------------------
+
+    def __call__(self, completions: Sequence[Any], solution: Sequence[str], video_path: Sequence[str],
+                 log_metric: Callable[[str, float], None] | None = None, **kwargs: Any) -> list[float]:
+        start = time.perf_counter()
+        _check_lengths(completions, "solution", solution)
+        _check_lengths(completions, "video_path", video_path)
+        rewards = [0.0] * len(completions)
+        branches: list[str] = []
+        queries: list[tuple[int, str | None]] = []  # (rollout, its label) for each re-query
+        clips: list[video.VideoClip] = []
+        untrimmable = 0
+        for i, (completion, label, path) in enumerate(zip(completions, solution, video_path)):
+            parsed = parsing.parse_completion(completion_text(completion))
+            if not parsed.is_normal and parsed.span is not None:
+                branch, exclude = "abnormal", parsed.span
+            else:
+                branch = "normal"
+                exclude = video.head_tail_trim(self._rng.random() < 0.5, self.cfg.ava_trim_fraction)
+                if _accuracy(parsed, label) == 0.0 and not parsed.format_valid:
+                    branches.append("normal-skipped")
+                    continue
+            indices = self.trimmed_indices(path, exclude)
+            if indices is None:
+                branches.append(f"{branch}-untrimmable")
+                untrimmable += 1
+                continue
+            branches.append(branch)
+            queries.append((i, parsed.predicted_label if parsed.which else None))
+            clips.append(video.load_clip(path, indices))
+        answers = self._generate(clips)
+        if len(answers) != len(clips):
+            raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(clips)} clips")
+        flips = bonus = penalty = 0
+        for (i, original), answer in zip(queries, answers):
+            reparsed = parsing.parse_completion(completion_text(answer))
+            now = reparsed.predicted_label if reparsed.which else None
+            flips += now is not None and now != original
+            if branches[i] == "abnormal" and now == NORMAL_LABEL:
+                rewards[i], bonus = self.cfg.ava_abnormal_bonus, bonus + 1
+            elif branches[i] == "normal" and now == ABNORMAL_LABEL:
+                rewards[i], penalty = self.cfg.ava_normal_penalty, penalty + 1
+        record = {
+            "rollouts": len(completions), "queries": len(queries), "flips": flips,
+            "flip_rate": flips / len(queries) if queries else None, "bonus": bonus, "penalty": penalty,
+            "untrimmable": untrimmable, "rewards": rewards, "branches": branches,
+            "seconds": time.perf_counter() - start,
+        }
+        self.history.append(record)
+        if log_metric is not None:
+            log_metric("ava/queries", float(len(queries)))
+            if queries:
+                log_metric("ava/flip_rate", flips / len(queries))
+        return rewards
+
+    @property
+    def flip_rate(self) -> float | None:
+        """Flips over re-queries, over every call so far (None before the first re-query)."""
+        queries = sum(record["queries"] for record in self.history)
+        return sum(record["flips"] for record in self.history) / queries if queries else None
+
+    def trimmed_indices(self, path: str, exclude: tuple[float, float]) -> list[int] | None:
+        """Training's frame count, sampled from what is left after dropping ``exclude``;
+        None when the span covers every frame (nothing left to show)."""
+        info = self._infos.get(path)
+        if info is None:
+            info = self._infos[path] = video.read_video_info(path)
+        count = len(video.release_frame_indices(info.num_frames, info.fps, target_fps=self.video_cfg.train_fps,
+                                                min_frames=self.video_cfg.min_frames,
+                                                max_frames=self.video_cfg.max_frames))
+        try:
+            return video.trimmed_frame_indices(info.num_frames, exclude, count)
+        except ValueError:
+            return None
+
+    # -- the model call ---------------------------------------------------------------
+
+    def _generate_with_model(self, clips: list[video.VideoClip]) -> list[str]:
+        """One batched, left-padded ``generate`` over all clips (see the class docstring).
+
+        Inside a trainer the unwrap context is entered even with no clips, because under
+        ZeRO-3 it gathers parameters collectively and every process must take part.
+        """
+        import torch
+        from transformers import Trainer
+
+        source = self._source()
+        if isinstance(source, Trainer):
+            from trl.models import unwrap_model_for_generation
+
+            context = unwrap_model_for_generation(source.model_wrapped, source.accelerator,
+                                                  gather_deepspeed3_params=source.args.ds3_gather_for_generation,
+                                                  gradient_checkpointing_kwargs=source.args.gradient_checkpointing_kwargs)
+        else:
+            context = contextlib.nullcontext(source)
+        with context as model, torch.no_grad():
+            if not clips:
+                return []
+            was_training = model.training
+            model.eval()
+            try:
+                text = self.processor.apply_chat_template(prompts.build_messages("p2c"), add_generation_prompt=True,
+                                                          tokenize=False)
+                inputs = self.processor(text=[text] * len(clips), return_tensors="pt", padding=True,
+                                        padding_side="left", **modeling.video_inputs(clips)).to(model.device)
+                kwargs = modeling.generation_kwargs(self.processor, self.cfg.max_completion_length, do_sample=True,
+                                                    temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+                # Only <which> is read, so a row stops once it is closed (the sampled prefix is
+                # the same as without stopping). Parameters are whole inside the unwrap context,
+                # so processes need not step together.
+                output = model.generate(**inputs, **kwargs, stop_strings=[VERDICT_END],
+                                        tokenizer=self.processor.tokenizer, synced_gpus=False)
+            finally:
+                model.train(was_training)
+        return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
