@@ -158,3 +158,26 @@ def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci
     assert "ava-grpo from" in capsys.readouterr().out
     assert cli.main(["grpo", "--profile", "ci", "--no-ava", "--dry-run", "--set", "grpo.weight_decay=0.0"]) == 0
     assert f"would train GRPO in this process into {Path(profile.run_dir) / 'grpo'}" in capsys.readouterr().out
+
+
+def test_group_advantages_by_hand():
+    from vadr1_lib.grpo import group_advantages
+
+    rewards_ = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(rewards_, group_size=4)
+    # group 1: mean 0.5, sample std sqrt(1/3) = 0.57735 -> +-0.5 / 0.57745
+    assert adv[:4].tolist() == pytest.approx([0.8659, -0.8659, -0.8659, 0.8659], abs=1e-4)
+    assert adv[4:].tolist() == [0.0, 0.0, 0.0, 0.0]  # all equal: no signal
+
+
+def test_k3_kl_and_the_ratio_that_is_one_but_has_a_gradient():
+    from vadr1_lib.grpo import grpo_loss, k3_kl
+
+    assert k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0])).item() == 0.0
+    # delta = ref - cur = -0.5: exp(-0.5) + 0.5 - 1 = 0.10653
+    assert k3_kl(torch.tensor([-1.0]), torch.tensor([-1.5])).item() == pytest.approx(0.10653, abs=1e-5)
+    logps = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    loss = grpo_loss(logps, logps.detach(), torch.tensor([2.0]), torch.ones(1, 2), beta=0.04)
+    assert loss.item() == pytest.approx(-2.0)  # ratio 1, KL 0: loss = -A
+    loss.backward()
+    assert logps.grad.tolist() == [[-1.0, -1.0]]  # d(-A * ratio)/d logp = -A, averaged over 2 tokens

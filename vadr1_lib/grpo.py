@@ -283,3 +283,39 @@ def write_marker(result: GRPOResult, profile: Profile, start_model: str | Path, 
     }
     (result.output_dir / modeling.STAGE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
     (result.output_dir / "pending-fingerprint").unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
+# GRPO's arithmetic, small enough to follow by hand (notebook 04). TRL computes the same
+# quantities inside GRPOTrainer; these exist to show them, and tests pin them.
+
+
+def group_advantages(rewards_: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """A_i = (r_i - mean(r)) / (std(r) + eps) within each group of ``group_size`` consecutive rollouts.
+
+    Uses the sample standard deviation (as the release and TRL do). A group whose rollouts
+    all scored the same gets advantage 0 everywhere: it teaches nothing.
+    """
+    grouped = rewards_.view(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + eps)).view(-1)
+
+
+def k3_kl(policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate exp(ref - cur) - (ref - cur) - 1: never negative, 0 where they agree."""
+    delta = ref_logps - policy_logps
+    return torch.exp(delta) - delta - 1
+
+
+def grpo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+              beta: float) -> torch.Tensor:
+    """The release's loss with one optimisation step per batch of rollouts.
+
+    The ratio exp(logp - logp.detach()) equals 1 in value (the rollouts were sampled by the
+    current policy) but carries the policy gradient A * d logp. Per token: -(ratio * A) +
+    beta * KL; averaged over each completion's tokens, then over completions.
+    """
+    ratio = torch.exp(policy_logps - policy_logps.detach())
+    per_token = -(ratio * advantages.unsqueeze(1)) + beta * k3_kl(policy_logps, ref_logps)
+    return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
