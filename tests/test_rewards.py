@@ -120,9 +120,9 @@ def test_length_rejects_a_batch_that_is_not_whole_groups() -> None:
 
 @pytest.fixture(scope="module")
 def ci_videos() -> tuple[list[str], int]:
-    """Paths of the ci RL clips (8 frames at 4 fps: training samples 4 frames)."""
+    """Paths of every ci clip (8 frames at 4 fps: training samples 4 frames), 16 distinct videos."""
     splits = stages.data_splits(load_profile("ci"))
-    paths = sorted(str(p) for p in Path(splits.rl).parent.glob("videos/rl/*.mp4"))
+    paths = sorted(str(p) for p in Path(splits.rl).parent.glob("videos/*/*.mp4"))
     return paths, video.read_video_info(paths[0]).num_frames
 
 
@@ -140,7 +140,7 @@ class ScriptedModel:
 
 def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos) -> None:
     paths, num_frames = ci_videos
-    assert num_frames == 8
+    assert num_frames == 8 and len(paths) >= 9  # one video per case: no two cases share a view
     profile = load_profile("ci")  # bonus +0.5, penalty -0.2, trim 0.3
     cases = [  # (weak label, rollout, scripted answer on the trimmed clip, expected reward)
         ("Abnormal", ABNORMAL_OK, NORMAL_OK, 0.5),  # the anomaly was in the span: bonus
@@ -176,6 +176,9 @@ def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos) -> None:
     model = ScriptedModel([NORMAL_OK] * 8)
     ava = rewards.AnomalyVerificationReward(None, None, profile, seed=3, generate_fn=model)
     ava([ABNORMAL_OK] + [NORMAL_OK] * 7, solution=["Abnormal"] + ["Normal"] * 7, video_path=[paths[0]] * 8)
+    # 8 re-queries of one video, but only 3 distinct views (span removed, head cut, tail cut):
+    # greedy answers are deterministic, so each view is generated once.
+    assert (ava.history[-1]["queries"], ava.history[-1]["generations"]) == (8, 3)
     span_clip, *cut_clips = model.calls[0]
     # Frames 2..6 (t = i/8 in [0.25, 0.75]) are dropped; 4 frames are resampled from 0, 1, 7.
     assert span_clip.indices == [0, 1, 1, 7]

@@ -20,8 +20,12 @@ Decisions where the release leaves room (REFERENCE.md, "Rewards"):
 - **Length** counts tokens as ``len(completion_ids)`` (TRL's own completion length,
   including the closing ``<|im_end|>``); the ranges are inclusive.
 - **AVA** judges each rollout on its own answer (the release read a stale variable: the
-  last rollout of the group). Its re-query is one sample at the profile's GRPO temperature
-  and top-p, like the release's single re-generation. "Now says Normal" means ``<which>``
+  last rollout of the group). Its re-query is one greedy answer: the release drew one
+  sample; the greedy answer is the model's most likely verdict on the trimmed view, and
+  because it is deterministic, rollouts whose trims keep the same frames (common: spans
+  that differ by less than a frame, and every "first/last 30%" cut of one video) share a
+  single generation, which keeps AVA's extra cost well below a second round of rollouts.
+  "Now says Normal" means ``<which>``
   is exactly ``Normal``; "now says Abnormal" means an explicit non-Normal ``<which>``: a
   re-answer without ``<which>`` says nothing and moves no reward. A rollout on the
   penalty branch that earned neither accuracy nor format is not re-queried at all: it has
@@ -204,7 +208,8 @@ class AnomalyVerificationReward:
         _check_lengths(completions, "video_path", video_path)
         rewards = [0.0] * len(completions)
         branches: list[str] = []
-        queries: list[tuple[int, str | None]] = []  # (rollout, its label) for each re-query
+        queries: list[tuple[int, str | None, int]] = []  # (rollout, its label, its view) per re-query
+        views: dict[tuple[str, tuple[int, ...]], int] = {}  # (video, frames kept) -> index into clips
         clips: list[video.VideoClip] = []
         untrimmable = 0
         for i, (completion, label, path) in enumerate(zip(completions, solution, video_path)):
@@ -223,13 +228,17 @@ class AnomalyVerificationReward:
                 untrimmable += 1
                 continue
             branches.append(branch)
-            queries.append((i, parsed.predicted_label if parsed.which else None))
-            clips.append(video.load_clip(path, indices))
-        answers = self._generate(clips)
-        if len(answers) != len(clips):
-            raise RuntimeError(f"generate_fn returned {len(answers)} answers for {len(clips)} clips")
+            view = (path, tuple(indices))
+            if view not in views:  # rollouts whose trims keep the same frames share one query
+                views[view] = len(clips)
+                clips.append(video.load_clip(path, indices))
+            queries.append((i, parsed.predicted_label if parsed.which else None, views[view]))
+        unique_answers = self._generate(clips)
+        if len(unique_answers) != len(clips):
+            raise RuntimeError(f"generate_fn returned {len(unique_answers)} answers for {len(clips)} clips")
         flips = bonus = penalty = 0
-        for (i, original), answer in zip(queries, answers):
+        for (i, original, view_index) in queries:
+            answer = unique_answers[view_index]
             reparsed = parsing.parse_completion(completion_text(answer))
             now = reparsed.predicted_label if reparsed.which else None
             flips += now is not None and now != original
@@ -238,7 +247,7 @@ class AnomalyVerificationReward:
             elif branches[i] == "normal" and now == ABNORMAL_LABEL:
                 rewards[i], penalty = self.cfg.ava_normal_penalty, penalty + 1
         record = {
-            "rollouts": len(completions), "queries": len(queries), "flips": flips,
+            "rollouts": len(completions), "queries": len(queries), "generations": len(clips), "flips": flips,
             "flip_rate": flips / len(queries) if queries else None, "bonus": bonus, "penalty": penalty,
             "untrimmable": untrimmable, "rewards": rewards, "branches": branches,
             "seconds": time.perf_counter() - start,
@@ -300,9 +309,8 @@ class AnomalyVerificationReward:
                                                           tokenize=False)
                 inputs = self.processor(text=[text] * len(clips), return_tensors="pt", padding=True,
                                         padding_side="left", **modeling.video_inputs(clips)).to(model.device)
-                kwargs = modeling.generation_kwargs(self.processor, self.cfg.max_completion_length, do_sample=True,
-                                                    temperature=self.cfg.temperature, top_p=self.cfg.top_p)
-                # Only <which> is read, so a row stops once it is closed (the sampled prefix is
+                kwargs = modeling.generation_kwargs(self.processor, self.cfg.max_completion_length)
+                # Only <which> is read, so a row stops once it is closed (the greedy prefix is
                 # the same as without stopping). Parameters are whole inside the unwrap context,
                 # so processes need not step together.
                 output = model.generate(**inputs, **kwargs, stop_strings=[VERDICT_END],
