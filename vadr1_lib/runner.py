@@ -47,13 +47,21 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
     return notebooks
 
 
+PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
+
+
 def _failing_cell(output: Path) -> str:
-    """Which cell of an executed notebook raised: its index and first source line."""
+    """Which cell of the notebook raised: its index in the source notebook and first line.
+
+    Papermill adds cells to the executed copy (injected parameters, error banners); they
+    are not counted, so the index is the one a student sees in the notebook they opened.
+    """
     try:
         cells = json.loads(output.read_text())["cells"]
     except (OSError, ValueError, KeyError):
         return "unknown cell"
-    for index, cell in enumerate(cells):
+    source_cells = [c for c in cells if not PAPERMILL_TAGS & set(c.get("metadata", {}).get("tags", []))]
+    for index, cell in enumerate(source_cells):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 first = "".join(cell.get("source", "")).strip().splitlines()
