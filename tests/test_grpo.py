@@ -124,11 +124,12 @@ def test_ava_batches_its_queries_through_the_trainer_model(trained, ci, monkeypa
     model = trainer.model
     model.train()
     seen_modes: list[bool] = []
+    batch_rows: list[int] = []
     real_generate = model.generate
 
     def counting_generate(*args, **kwargs):
         seen_modes.append(model.training)
-        assert kwargs["input_ids"].shape[0] == 3
+        batch_rows.append(kwargs["input_ids"].shape[0])
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counting_generate)
@@ -139,6 +140,7 @@ def test_ava_batches_its_queries_through_the_trainer_model(trained, ci, monkeypa
     assert model.training  # and back to training afterwards
     assert values[0] in (0.0, 0.5) and values[1] in (0.0, -0.2) and values[2] in (0.0, -0.2) and values[3] == 0.0
     assert ava.history[-1]["queries"] == 3
+    assert batch_rows == [ava.history[-1]["generations"]]  # one row per distinct trimmed view
 
 
 def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci, capsys) -> None:

@@ -9,6 +9,7 @@ the settings it was made with; other settings rebuild it instead of silently reu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +67,33 @@ def ensure_base_model(profile: Profile) -> str:
     return str(out)
 
 
+def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerprint: str, cli_args: list[str],
+                  train: Callable[[], None], dry_run: bool) -> Path:
+    """Shared life cycle of a training stage: reuse a finished result with the same
+    fingerprint; otherwise run ``python -m vadr1_lib <stage>`` under ``accelerate launch``
+    (multi-process profiles) or train in this process, discarding a stale partial result
+    first. ``dry_run`` prints what would run instead."""
+    from vadr1_lib import sft
+
+    marker = sft.read_marker(out)
+    if marker is not None and marker.get("fingerprint") == fingerprint:
+        return out
+    if launch.needs_launcher(profile):
+        command = launch.accelerate_command(profile, stage, ["--profile", profile.name, *cli_args,
+                                                             *[f"--set={o}" for o in profile.overrides]])
+        if dry_run:
+            print(launch.format_command(command))
+        elif launch.run(command) != 0:
+            raise RuntimeError(f"{stage} under accelerate failed: {launch.format_command(command)}")
+        return out
+    if dry_run:
+        print(f"would train {label} in this process into {out}")
+        return out
+    sft.discard_stale(out, fingerprint)
+    train()
+    return out
+
+
 def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     """The SFT result of the profile under ``runs/<profile>/sft/`` (trained, or resumed, when missing).
 
@@ -78,26 +106,13 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     splits = data_splits(profile)
     out = sft.stage_dir(profile)
     fingerprint = sft.fingerprint(profile, base, splits.sft_train)
-    marker = sft.read_marker(out)
-    if marker is not None and marker.get("fingerprint") == fingerprint:
-        return out
-    if launch.needs_launcher(profile):
-        command = launch.accelerate_command(profile, "sft", ["--profile", profile.name,
-                                                             *[f"--set={o}" for o in profile.overrides]])
-        if dry_run:
-            print(launch.format_command(command))
-            return out
-        if launch.run(command) != 0:
-            raise RuntimeError(f"SFT under accelerate failed: {launch.format_command(command)}")
-        return out
-    if dry_run:
-        print(f"would train SFT in this process into {out}")
-        return out
-    sft.discard_stale(out, fingerprint)
-    result = sft.train(profile, base, splits.sft_train, output_dir=out, video_root=splits.video_root)
-    if launch.is_main_process():
-        sft.write_marker(result, profile, base, fingerprint)
-    return out
+
+    def train() -> None:
+        result = sft.train(profile, base, splits.sft_train, output_dir=out, video_root=splits.video_root)
+        if launch.is_main_process():
+            sft.write_marker(result, profile, base, fingerprint)
+
+    return _ensure_stage(profile, "sft", "SFT", out, fingerprint, [], train, dry_run)
 
 
 def _model_identity(model_path: str) -> str:
@@ -150,30 +165,17 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
     Multi-process profiles run the ``grpo`` command under ``accelerate launch`` (ZeRO-3
     config); with ``dry_run`` that command is printed instead of run.
     """
-    from vadr1_lib import grpo, sft
+    from vadr1_lib import grpo
 
     start = ensure_sft(profile, dry_run=dry_run)
     splits = data_splits(profile)
     out = grpo.stage_dir(profile, use_ava=use_ava)
     fingerprint = grpo.fingerprint(profile, start, splits.rl, use_ava=use_ava)
-    marker = sft.read_marker(out)
-    if marker is not None and marker.get("fingerprint") == fingerprint:
-        return out
-    if launch.needs_launcher(profile):
-        command = launch.accelerate_command(profile, "grpo", ["--profile", profile.name,
-                                                              *([] if use_ava else ["--no-ava"]),
-                                                              *[f"--set={o}" for o in profile.overrides]])
-        if dry_run:
-            print(launch.format_command(command))
-            return out
-        if launch.run(command) != 0:
-            raise RuntimeError(f"GRPO under accelerate failed: {launch.format_command(command)}")
-        return out
-    if dry_run:
-        print(f"would train {'AVA-GRPO' if use_ava else 'GRPO'} in this process into {out}")
-        return out
-    sft.discard_stale(out, fingerprint)
-    result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root)
-    if launch.is_main_process():
-        grpo.write_marker(result, profile, start, fingerprint)
-    return out
+
+    def train() -> None:
+        result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root)
+        if launch.is_main_process():
+            grpo.write_marker(result, profile, start, fingerprint)
+
+    return _ensure_stage(profile, "grpo", "AVA-GRPO" if use_ava else "GRPO", out, fingerprint,
+                         [] if use_ava else ["--no-ava"], train, dry_run)
