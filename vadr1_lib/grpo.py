@@ -170,16 +170,9 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> tr
     ``dapo`` would not. Memory settings (gradient checkpointing) come from the SFT section."""
     g = profile.grpo
     return trl.GRPOConfig(
-        output_dir=str(output_dir),
+        **sft.common_trainer_arguments(profile, output_dir, g),
         num_generations=g.num_generations,
         beta=g.beta,
-        learning_rate=g.learning_rate,
-        lr_scheduler_type=g.lr_scheduler_type,
-        weight_decay=g.weight_decay,
-        num_train_epochs=g.num_train_epochs,
-        max_steps=g.max_steps,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps,
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,
@@ -187,18 +180,6 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> tr
         generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
         loss_type="grpo",
         scale_rewards="group",
-        gradient_checkpointing=profile.sft.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=sft.use_bf16(profile),
-        logging_steps=g.logging_steps,
-        save_steps=g.save_steps,
-        save_total_limit=2,
-        seed=g.seed,
-        data_seed=g.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        use_cpu=modeling.pick_device(profile).type == "cpu",
-        dataloader_num_workers=0,
     )
 
 

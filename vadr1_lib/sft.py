@@ -125,36 +125,42 @@ def use_bf16(profile: Profile) -> bool:
     return profile.launch.mixed_precision == "bf16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def common_trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[str, Any]:
+    """Trainer settings SFT and GRPO share: output, precision, device, memory, logging, seeds."""
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate,
+        num_train_epochs=section.num_train_epochs,
+        max_steps=section.max_steps,
+        lr_scheduler_type=section.lr_scheduler_type,
+        weight_decay=section.weight_decay,
+        gradient_checkpointing=profile.sft.gradient_checkpointing,  # memory settings live in the SFT section
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=use_bf16(profile),
+        logging_steps=section.logging_steps,
+        save_steps=section.save_steps,
+        save_total_limit=2,
+        seed=section.seed,
+        data_seed=section.seed,
+        report_to="none",
+        remove_unused_columns=False,  # the video path column must reach the collator / rewards
+        use_cpu=modeling.pick_device(profile).type == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
 def training_arguments(profile: Profile, output_dir: Path) -> Any:
     from trl import SFTConfig
 
     s = profile.sft
     return SFTConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=s.per_device_train_batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
-        learning_rate=s.learning_rate,
-        num_train_epochs=s.num_train_epochs,
-        max_steps=s.max_steps,
-        lr_scheduler_type=s.lr_scheduler_type,
+        **common_trainer_arguments(profile, output_dir, s),
         warmup_steps=s.warmup_ratio,  # a float in [0, 1) is a fraction of the total steps
-        weight_decay=s.weight_decay,
         max_grad_norm=s.max_grad_norm,
-        gradient_checkpointing=s.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=use_bf16(profile),
-        logging_steps=s.logging_steps,
-        save_steps=s.save_steps,
-        save_total_limit=2,
-        seed=s.seed,
-        data_seed=s.seed,
-        report_to="none",
-        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
-        use_cpu=modeling.pick_device(profile).type == "cpu",
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
 
 
