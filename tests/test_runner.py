@@ -24,14 +24,17 @@ def notebooks(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.paths, "NOTEBOOKS_DIR", folder)
     monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "runs"))
     _write(folder / "00_ok.ipynb", 'profile = "cpu"\noverrides = {}',
-           "import json, pathlib\npathlib.Path('seen.json').write_text(json.dumps([profile, overrides]))")
+           "import json, os, pathlib\n"
+           "pathlib.Path('seen.json').write_text(json.dumps([profile, overrides, os.environ.get('VADR1_PROFILE')]))")
     return folder
 
 
-def test_parameters_reach_the_notebook_and_outputs_land_under_runs(notebooks, tmp_path):
+def test_parameters_reach_the_notebook_and_outputs_land_under_runs(notebooks, tmp_path, monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV_VAR, "cpu")  # as under nbmake: must not win over the parameter
     runs = runner.run_notebooks("ci", overrides=["sft.max_steps=3"], log=lambda *_: None)
+    assert config.os.environ[config.PROFILE_ENV_VAR] == "cpu"  # and is restored for whatever runs next
     assert [r.notebook for r in runs] == ["00_ok.ipynb"] and runs[0].error is None
-    assert json.loads((notebooks / "seen.json").read_text()) == ["ci", {"sft.max_steps": 3}]
+    assert json.loads((notebooks / "seen.json").read_text()) == ["ci", {"sft.max_steps": 3}, None]
     assert (tmp_path / "runs" / "ci" / "notebooks" / "00_ok.ipynb").is_file()
 
 

@@ -9,8 +9,10 @@ interruption redoes only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,18 @@ def _failing_cell(output: Path) -> str:
     return "unknown cell"
 
 
+@contextlib.contextmanager
+def _environment_without(name: str) -> Iterator[None]:
+    """The kernel inherits this process's environment, where ``VADR1_PROFILE`` (set for nbmake)
+    would override the profile passed as a parameter; hide it for the run, then restore it."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides: list[str] | None = None,
                   log=print) -> list[NotebookRun]:
     import papermill
@@ -77,8 +91,6 @@ def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides
     out_dir = profile.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters: dict[str, Any] = {"profile": profile.name, "overrides": config.parse_overrides(overrides)}
-    # The kernel inherits this environment: VADR1_PROFILE (set for nbmake) must not win here.
-    os.environ.pop(config.PROFILE_ENV_VAR, None)
     runs: list[NotebookRun] = []
     for notebook in notebook_paths(only):
         output = out_dir / notebook.name
@@ -86,8 +98,9 @@ def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides
         log(f"--> {notebook.name} (profile {profile.name})")
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(paths.NOTEBOOKS_DIR),
-                                       kernel_name="python3", progress_bar=False)
+            with _environment_without(config.PROFILE_ENV_VAR):
+                papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
+                                           cwd=str(paths.NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
         except Exception as exc:  # papermill wraps the kernel's error; name the cell
             run = NotebookRun(notebook.name, time.perf_counter() - start, output, None,
                               error=_failing_cell(output) if output.is_file() else str(exc))
