@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -224,8 +223,6 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
 
     Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     output_dir = Path(output_dir or stage_dir(profile, use_ava=use_ava))
     checkpoints = output_dir / "checkpoints"
     records = dataset.load_rl(rl_file, video_root=video_root)
@@ -234,13 +231,7 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
     funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
     trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
                                train_dataset=rl_dataset(records, profile), processing_class=processor)
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(output_dir))
+    seconds, resume = sft.train_and_save(trainer, processor, output_dir, checkpoints)
     ava = funcs[-1] if use_ava else None
     history = trainer.state.log_history
     return GRPOResult(output_dir, use_ava, seconds, trainer.state.global_step, history, resume,

@@ -179,7 +179,6 @@ def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Pa
 
     Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
     """
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     output_dir = Path(output_dir or stage_dir(profile))
@@ -193,6 +192,15 @@ def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Pa
         data_collator=VideoSFTCollator(processor, profile),
         processing_class=processor,
     )
+    seconds, resume = train_and_save(trainer, processor, output_dir, checkpoints)
+    return SFTResult(output_dir, seconds, trainer.state.global_step, trainer.state.log_history, resume)
+
+
+def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: Path) -> tuple[float, str | None]:
+    """Train (resuming from the newest checkpoint if there is one), then save the model or
+    adapter and the processor; returns the training seconds and the checkpoint resumed from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
@@ -200,7 +208,7 @@ def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Pa
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
-    return SFTResult(output_dir, seconds, trainer.state.global_step, trainer.state.log_history, resume)
+    return seconds, resume
 
 
 def write_marker(result: SFTResult, profile: Profile, base_model: str, fingerprint_value: str) -> None:
