@@ -27,7 +27,7 @@ def ci(runs):
 
 def _batch(profile, processor, records, **kwargs):
     collator = sft.VideoSFTCollator(processor, profile, **kwargs)
-    rows = sft.sft_dataset(records[:2]).to_list()
+    rows = sft.sft_dataset(records[:2], processor.tokenizer).to_list()
     return collator(rows), collator
 
 
@@ -63,7 +63,54 @@ def test_loss_depends_on_the_video(ci):
         loss = model(**batch).loss
         swapped = dict(batch, pixel_values_videos=batch["pixel_values_videos"].flip(0))
         other = model(**swapped).loss
-    assert not torch.isclose(loss, other)
+    assert not torch.equal(loss, other)  # random init: the effect is small (~1e-5) but exact inputs give exact outputs
+
+
+def test_decision_token_is_where_the_verdicts_part():
+    targets = [[1, 2, 3], [1, 2, 4, 5], [1, 6], [7]]
+    assert sft.decision_token_indices(targets, [True, False, False, True]) == [2, 2, 1, 0]
+    assert sft.decision_token_indices([[1, 2], [1, 3]], [True, True]) == [-1, -1]  # no other verdict
+    assert sft.decision_token_indices([[1, 2], [1, 2, 3]], [True, False]) == [-1, 2]  # a prefix of the other
+
+
+def test_collator_weights_the_deciding_token(ci):
+    profile, base, records, _ = ci
+    _, processor = modeling.load_model_and_processor(base, profile)
+    profile = config.load_profile("ci", {"sft.decision_weight": 7.0})
+    normal = next(r for r in records if not r.is_abnormal)
+    abnormal = next(r for r in records if r.is_abnormal)
+    rows = sft.sft_dataset([normal, abnormal], processor.tokenizer).to_list()
+    batch = sft.VideoSFTCollator(processor, profile)(rows)
+    weights, labels = batch["loss_weights"], batch["labels"]
+    assert torch.equal(weights == 0, labels == -100)
+    for row in range(2):
+        heavy = (weights[row] == 7.0).nonzero().flatten().tolist()
+        assert len(heavy) == 1 and ((weights[row] != 0) & (weights[row] != 7.0)).sum() == (labels[row] != -100).sum() - 1
+        written = processor.tokenizer.decode(batch["input_ids"][row, : heavy[0] + 1])
+        assert written.endswith("<step2>" + ("Nothing" if row == 0 else rows[1]["target"].split("<step2>")[1].split()[0]))
+
+
+def test_weighted_loss_is_the_token_mean_at_weight_one_and_padding_free(ci, tmp_path):
+    """The trainer's loss equals the model's own loss (mean over target tokens, padding
+    mask applied) when every weight is 1: dropping the mask of a right-padded batch and
+    reading TRL's fused head change nothing but speed."""
+    from trl import SFTConfig
+
+    profile, base, records, _ = ci
+    model, processor = modeling.load_model_and_processor(base, profile)
+    batch, _ = _batch(profile, processor, records)
+    assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # the batch really has padding
+    with torch.no_grad():
+        expected = model(**{k: v for k, v in batch.items() if k != "loss_weights"}).loss
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = sft.video_sft_trainer_class()(model=model, args=args, processing_class=processor,
+                                            train_dataset=sft.sft_dataset(records[:2], processor.tokenizer),
+                                            data_collator=sft.VideoSFTCollator(processor, profile))
+    with torch.no_grad():
+        got = trainer.compute_loss(model, dict(batch))
+        doubled = dict(batch, loss_weights=batch["loss_weights"] * 2)
+        assert torch.isclose(trainer.compute_loss(model, doubled), 2 * got)
+    assert torch.isclose(got, expected, atol=1e-5)
 
 
 def _train_one_step(profile, base, splits, monkeypatch, tmp_path):

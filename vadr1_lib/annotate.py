@@ -471,47 +471,43 @@ def phrases_for(category: str) -> CategoryPhrases:
 # One "prompt" per P2C-CoT step, as in the paper; each is a list of interchangeable
 # sentence templates. Placeholders: scene, event, where, t0/t1 (seconds), why, category,
 # cause, norm, how.
+#
+# Why so few and so short: these texts are what the student profile's ~1M-parameter model
+# must learn to write, and on 2 CPU cores every target token is paid for in each step
+# (the first version, three wordings per step and the release's longer sentences, gave
+# 260-token abnormal targets and a model that learned the wording but not the video).
+# Step 1 is the same sentence for normal and abnormal clips: global perception describes
+# the scene, not the verdict, so the verdict is first written at the start of step 2,
+# one place where the model has to look at the video to continue.
 _ABNORMAL_STEP_TEMPLATES: tuple[tuple[str, ...], ...] = (
-    (  # global perception: the scene and what normal looks like; no anomaly
-        "The video shows {scene}; everything looks routine.",
-        "The footage shows {scene}, and activity looks ordinary.",
-        "This clip shows {scene}; the scene is calm.",
+    (  # global perception: the scene; no anomaly, no verdict
+        "The video shows {scene}.",
     ),
     (  # local perception: the event, when, where; no judgement
-        "At about {t0}, {event} in the {where}.",
-        "Around {t0}, {event} in the {where}.",
+        "At {t0}, {event} in the {where}.",
         "From {t0} to {t1}, {event} in the {where}.",
     ),
     (  # shallow cognition: why abnormal, the category
-        "This is abnormal because {why}, so it falls under the {category} category.",
-        "{Why}, so this event is an anomaly of the {category} category.",
-        "The event is abnormal since {why}; its category is {category}.",
+        "{Why}, so its category is {category}.",
     ),
     (  # deep cognition: causes, violated norms, consequences
         "Likely caused by {cause}, it violates {norm}; {how}.",
-        "It probably stems from {cause} and violates {norm}; {how}.",
-        "The cause may be {cause}; it violates {norm}, and {how}.",
     ),
 )
 _NORMAL_STEP_TEMPLATES: tuple[tuple[str, ...], ...] = (
-    (  # the scene and its objects
+    (  # the scene and its objects (the same sentence as abnormal step 1)
         "The video shows {scene}.",
-        "The footage shows {scene}.",
-        "This clip shows {scene}.",
     ),
     (  # why it is normal
-        "Everything stays routine and nothing unusual happens, so the video is normal.",
-        "No hazard, crime or disruption appears; the activity is ordinary for this place.",
-        "People and objects behave as expected throughout, so there is no anomaly.",
+        "Nothing unusual happens; people and objects behave as expected.",
+        "Nothing unusual happens; the activity is ordinary for this place.",
     ),
 )
 _NORMAL_WHATS = (
     "only routine activity takes place",
-    "nothing unusual happens in the scene",
     "the scene stays calm and orderly",
 )
 _NORMAL_WHYS = (
-    "all activity is ordinary for this place",
     "no hazard, crime or disruption appears",
     "people and objects behave as expected",
 )

@@ -17,6 +17,18 @@ sampling rate, and builds the labels:
   predict the system prompt and the instruction, which costs capacity on text it is always
   given. Vision placeholder tokens never carry loss (they are inputs, not predictions).
 
+Deciding-token weight (``sft.decision_weight``, 1 = the paper's plain token mean): in a
+P2C-CoT target the verdict is written once, at the first token where a Normal target and
+an Abnormal one part ways (with the Mini annotations, the first word of step 2); every
+later token follows from the text before it. So of ~240 target tokens exactly one needs
+the video to be predicted, and a small model learns the wording long before it learns to
+look. Weighting that token (measured on the cpu profile: see ``configs/profiles/cpu.yaml``)
+makes the one video-dependent decision count; the 7B profiles keep 1.
+
+Speed: batches are right-padded and attention is causal, so no real token can attend to a
+pad; the forward therefore runs without the padding mask, which lets PyTorch's attention
+take its causal kernel (about 15% of a step on the CPU). Labels still ignore the pads.
+
 Modes (``sft.mode``): ``full`` trains every weight; ``lora`` trains adapters on the language
 model's projections; ``qlora`` does the same on a 4-bit NF4 base
 (:func:`vadr1_lib.modeling.load_for_training`).
@@ -71,11 +83,13 @@ class ClipCache:
 
 
 class VideoSFTCollator:
-    """Rows ``{"video_path", "target"}`` -> a padded batch with video tensors and labels."""
+    """Rows ``{"video_path", "target", "decision_token"}`` -> a padded batch with video
+    tensors, labels and per-token loss weights."""
 
     def __init__(self, processor: Any, profile: Profile, *, assistant_only_loss: bool | None = None) -> None:
         self.processor = processor
         self.assistant_only_loss = profile.sft.assistant_only_loss if assistant_only_loss is None else assistant_only_loss
+        self.decision_weight = profile.sft.decision_weight
         self.clips = ClipCache(lambda path: video.training_clip(path, profile.video))
         self.vision_ids = modeling.vision_token_ids(processor)
 
@@ -94,19 +108,87 @@ class VideoSFTCollator:
         labels[torch.isin(labels, self.vision_ids)] = -100
         if self.assistant_only_loss:
             labels[assistant == 0] = -100
+        weights = (labels != -100).float()
+        for row, decision in enumerate(row.get("decision_token", -1) for row in rows):
+            if decision >= 0:
+                weights[row, int(assistant[row].nonzero()[0]) + decision] *= self.decision_weight
         batch["labels"] = labels
+        batch["loss_weights"] = weights
         return dict(batch)
 
 
-def sft_dataset(records: list[dataset.SFTRecord]) -> datasets.Dataset:
-    """Light rows (paths and target text); frames are decoded by the collator when batched."""
+def decision_token_indices(targets: list[list[int]], is_normal: list[bool]) -> list[int]:
+    """Per tokenized target, the index of the token that first commits it to its verdict:
+    the first position where its prefix is no longer the prefix of any target of the other
+    verdict. -1 when there is none (no target of the other verdict, or a target that is a
+    prefix of one). Two prefix tries, so the cost is linear in the number of tokens."""
+    tries: dict[bool, dict] = {True: {}, False: {}}
+    for ids, normal in zip(targets, is_normal):
+        node = tries[normal]
+        for token in ids:
+            node = node.setdefault(token, {})
+    indices = []
+    for ids, normal in zip(targets, is_normal):
+        node, found = tries[not normal], -1
+        if node:
+            for position, token in enumerate(ids):
+                if token not in node:
+                    found = position
+                    break
+                node = node[token]
+        indices.append(found)
+    return indices
+
+
+def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Dataset:
+    """Light rows (paths, target text, deciding-token index); frames are decoded by the collator."""
     missing = dataset.missing_videos(records)
     if missing:
         shown = ", ".join(map(str, missing[:5]))
         raise FileNotFoundError(f"{len(missing)} of {len(records)} training videos are missing, e.g. {shown}")
+    targets = [tokenizer(r.target_text, add_special_tokens=False)["input_ids"] for r in records]
+    decisions = decision_token_indices(targets, [not r.is_abnormal for r in records])
     return datasets.Dataset.from_list([
-        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text} for r in records
+        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text, "decision_token": d}
+        for r, d in zip(records, decisions)
     ])
+
+
+def video_sft_trainer_class() -> type:
+    """``SFTTrainer`` with the weighted, mask-free loss described in the module docstring.
+
+    Built on first use because importing TRL takes seconds and most callers never train.
+    Everything else (loop, optimizer, schedule, checkpoints, accelerate/DeepSpeed, logging)
+    is TRL's; only the loss of a batch is computed here, from the same fused LM head TRL
+    uses (per-token log-probabilities without materialising the logits).
+    """
+    from trl import SFTTrainer
+
+    class VideoSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("loss_weights")
+            attention = inputs["attention_mask"]
+            forward = dict(inputs, use_cache=False, fused_lm_head=True)
+            if bool((attention[:, 1:] <= attention[:, :-1]).all()):  # right padding only: pads come last
+                forward.pop("attention_mask")
+            outputs = model(**forward)
+            mask = outputs.label_mask
+            tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs.dtype)).sum()
+            loss = loss / torch.as_tensor(tokens, device=loss.device).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL: DDP averages, the count was global
+            mode = "train" if model.training else "eval"
+            valid = self.accelerator.gather_for_metrics(mask.sum()).sum().clamp(min=1)
+            for name, per_token in (("entropy", outputs.entropy), ("mean_token_accuracy", outputs.is_top1)):
+                total = self.accelerator.gather_for_metrics(per_token.detach().float().sum()).sum()
+                self._metrics[mode][name].append((total / valid).item())
+            if mode == "train":
+                self._total_train_tokens += self.accelerator.gather_for_metrics(attention.sum()).sum().item()
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, outputs) if return_outputs else loss
+
+    return VideoSFTTrainer
 
 
 def stage_dir(profile: Profile) -> Path:
@@ -179,16 +261,14 @@ def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Pa
 
     Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
     """
-    from trl import SFTTrainer
-
     output_dir = Path(output_dir or stage_dir(profile))
     checkpoints = output_dir / "checkpoints"
     records = dataset.load_sft(train_file, video_root=video_root)
     model, processor = modeling.load_for_training(base_model, profile)
-    trainer = SFTTrainer(
+    trainer = video_sft_trainer_class()(
         model=model,
         args=training_arguments(profile, checkpoints),
-        train_dataset=sft_dataset(records),
+        train_dataset=sft_dataset(records, processor.tokenizer),
         data_collator=VideoSFTCollator(processor, profile),
         processing_class=processor,
     )
