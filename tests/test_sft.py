@@ -96,7 +96,8 @@ def test_weighted_loss_is_the_token_mean_at_weight_one_and_padding_free(ci, tmp_
     reading TRL's fused head change nothing but speed."""
     from trl import SFTConfig
 
-    profile, base, records, _ = ci
+    _, base, records, _ = ci
+    profile = config.load_profile("ci", {"sft.decision_weight": 1.0})
     model, processor = modeling.load_model_and_processor(base, profile)
     batch, _ = _batch(profile, processor, records)
     assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # the batch really has padding
