@@ -479,10 +479,9 @@ def phrases_for(category: str) -> CategoryPhrases:
 # Step 1 is the same sentence for normal and abnormal clips: global perception describes
 # the scene, not the verdict, so the verdict is first written at the start of step 2,
 # one place where the model has to look at the video to continue.
+_SCENE_STEP_TEMPLATES: tuple[str, ...] = ("The video shows {scene}.",)  # step 1 of both forms
 _ABNORMAL_STEP_TEMPLATES: tuple[tuple[str, ...], ...] = (
-    (  # global perception: the scene; no anomaly, no verdict
-        "The video shows {scene}.",
-    ),
+    _SCENE_STEP_TEMPLATES,  # global perception: the scene; no anomaly, no verdict
     (  # local perception: the event, when, where; no judgement
         "At {t0}, {event} in the {where}.",
         "From {t0} to {t1}, {event} in the {where}.",
@@ -495,9 +494,7 @@ _ABNORMAL_STEP_TEMPLATES: tuple[tuple[str, ...], ...] = (
     ),
 )
 _NORMAL_STEP_TEMPLATES: tuple[tuple[str, ...], ...] = (
-    (  # the scene and its objects (the same sentence as abnormal step 1)
-        "The video shows {scene}.",
-    ),
+    _SCENE_STEP_TEMPLATES,  # the scene and its objects
     (  # why it is normal
         "Nothing unusual happens; people and objects behave as expected.",
         "Nothing unusual happens; the activity is ordinary for this place.",

@@ -109,9 +109,9 @@ class VideoSFTCollator:
         if self.assistant_only_loss:
             labels[assistant == 0] = -100
         weights = (labels != -100).float()
-        for row, decision in enumerate(row.get("decision_token", -1) for row in rows):
-            if decision >= 0:
-                weights[row, int(assistant[row].nonzero()[0]) + decision] *= self.decision_weight
+        for index, row in enumerate(rows):
+            if row["decision_token"] >= 0:
+                weights[index, int(assistant[index].nonzero()[0]) + row["decision_token"]] *= self.decision_weight
         batch["labels"] = labels
         batch["loss_weights"] = weights
         return dict(batch)
