@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,17 @@ def test_unreadable_videos_are_skipped_and_reported(setup, tmp_path):
     reasons = dict(report.skipped)
     assert "corrupt video" in reasons[f"{rows[0]['source']}/{rows[0]['video']}"]
     assert "not found" in reasons[f"{rows[1]['source']}/{rows[1]['video']}"]
+
+
+def test_a_cached_tiny_model_is_rebuilt_when_its_settings_change(setup):
+    profile, _, base, _ = setup
+    stamp = (Path(base) / "model.safetensors").stat().st_mtime_ns
+    assert stages.ensure_base_model(profile) == base  # same settings: reused
+    assert (Path(base) / "model.safetensors").stat().st_mtime_ns == stamp
+    deeper = config.load_profile("ci", {"model.tiny.num_layers": profile.model.tiny.num_layers + 1})
+    rebuilt = stages.ensure_base_model(deeper)  # same folder, other settings: built again, not reused
+    assert json.loads((Path(rebuilt) / "config.json").read_text())["text_config"]["num_hidden_layers"] == \
+        profile.model.tiny.num_layers + 1
+    assert stages.ensure_base_model(profile) == base  # and back (the other tests of this module use it)
+    assert json.loads((Path(base) / "config.json").read_text())["text_config"]["num_hidden_layers"] == \
+        profile.model.tiny.num_layers

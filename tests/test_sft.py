@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from vadr1_lib import config, dataset, modeling, sft, stages
+from vadr1_lib import config, dataset, modeling, prompts, sft, stages
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,28 @@ def test_collator_carries_video_and_masks_all_but_the_answer(ci):
         assert processor.tokenizer.decode(kept) == row.target_text + "<|im_end|>"
 
 
+def test_cached_examples_pad_to_the_processors_own_batch(ci):
+    """The collator processes each row once and pads later batches itself: the result must
+    be the processor's batched output, tensor for tensor."""
+    profile, base, records, _ = ci
+    _, processor = modeling.load_model_and_processor(base, profile)
+    collator = sft.VideoSFTCollator(processor, profile)
+    rows = sft.sft_dataset(records[:3], processor.tokenizer).to_list()
+    assert len({len(r["target"]) for r in rows}) > 1  # rows of different lengths: real padding
+    clips = [collator.clips(row["video_path"]) for row in rows]
+    expected = processor.apply_chat_template(
+        [prompts.build_messages("p2c", video=clip.frames, target=row["target"]) for clip, row in zip(clips, rows)],
+        tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
+        processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False,
+                          "video_metadata": modeling.video_inputs(clips)["video_metadata"], "do_sample_frames": False},
+    )
+    for _ in range(2):  # the second call is served from the cache
+        batch = collator.pad([collator.examples((row["video_path"], row["target"])) for row in rows])
+        assert set(batch) == set(expected)
+        for key, value in expected.items():
+            assert torch.equal(batch[key], value), key
+
+
 def test_release_style_loss_covers_the_prompt_but_never_video_tokens(ci):
     profile, base, records, _ = ci
     _, processor = modeling.load_model_and_processor(base, profile)
@@ -73,6 +95,45 @@ def test_decision_token_is_where_the_verdicts_part():
     assert sft.decision_token_indices([[1, 2], [1, 2, 3]], [True, False]) == [-1, 2]  # a prefix of the other
 
 
+def test_balanced_sampler_puts_both_verdicts_in_every_batch():
+    is_abnormal = [True] * 7 + [False] * 3  # as in the real release, one verdict is scarcer
+    sampler = sft.ClassBalancedSampler(is_abnormal, batch_size=4, seed=1)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 10
+    batches = [order[i:i + 4] for i in range(0, 10, 4)]
+    assert [sum(is_abnormal[i] for i in b) for b in batches] == [2, 2, 1]  # the last, partial batch: 1 of 2
+    assert set(i for i in order if not is_abnormal[i]) == {7, 8, 9}  # the scarce verdict, all of it, reused
+    assert len(set(i for i in order if is_abnormal[i])) == 5  # the other: 5 draws, no repeat
+    assert list(sampler) == order  # same seed and epoch, same order (what resuming replays)
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    odd = list(sft.ClassBalancedSampler(is_abnormal, batch_size=3, seed=1))
+    assert [sum(is_abnormal[i] for i in odd[k:k + 3]) for k in (0, 3, 6)] == [2, 1, 2]  # the extra place alternates
+    with pytest.raises(ValueError, match="both verdicts"):
+        sft.ClassBalancedSampler([True, True], batch_size=2, seed=0)
+
+
+def test_trainer_draws_balanced_batches_when_asked(ci, tmp_path):
+    from trl import SFTConfig
+
+    profile, base, records, _ = ci
+    model, processor = modeling.load_model_and_processor(base, profile)
+    train = sft.sft_dataset(records, processor.tokenizer)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2,
+                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
+    for balanced in (True, False):
+        trainer = sft.video_sft_trainer_class()(model=model, args=args, processing_class=processor, train_dataset=train,
+                                                data_collator=sft.VideoSFTCollator(processor, profile),
+                                                balanced_batches=balanced)
+        loader = trainer.get_train_dataloader()
+        batches = []
+        for epoch in range(5):  # the trainer's epochs, each with its own order
+            loader.set_epoch(epoch)
+            batches += list(loader.batch_sampler)
+        mixed = [sum(train[i]["abnormal"] for i in batch) == 1 for batch in batches]
+        assert all(mixed) if balanced else not all(mixed)  # a shuffle of 4 + 4 clips: some pairs share a verdict
+
+
 def test_collator_weights_the_deciding_token(ci):
     profile, base, records, _ = ci
     _, processor = modeling.load_model_and_processor(base, profile)
@@ -93,25 +154,26 @@ def test_collator_weights_the_deciding_token(ci):
 def test_weighted_loss_is_the_token_mean_at_weight_one_and_padding_free(ci, tmp_path):
     """The trainer's loss equals the model's own loss (mean over target tokens, padding
     mask applied) when every weight is 1: dropping the mask of a right-padded batch and
-    reading TRL's fused head change nothing but speed."""
+    scoring only the tail that holds the answers change nothing but speed."""
     from trl import SFTConfig
 
     _, base, records, _ = ci
     profile = config.load_profile("ci", {"sft.decision_weight": 1.0})
     model, processor = modeling.load_model_and_processor(base, profile)
-    batch, _ = _batch(profile, processor, records)
-    assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # the batch really has padding
-    with torch.no_grad():
-        expected = model(**{k: v for k, v in batch.items() if k != "loss_weights"}).loss
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = sft.video_sft_trainer_class()(model=model, args=args, processing_class=processor,
                                             train_dataset=sft.sft_dataset(records[:2], processor.tokenizer),
                                             data_collator=sft.VideoSFTCollator(processor, profile))
-    with torch.no_grad():
-        got = trainer.compute_loss(model, dict(batch))
-        doubled = dict(batch, loss_weights=batch["loss_weights"] * 2)
-        assert torch.isclose(trainer.compute_loss(model, doubled), 2 * got)
-    assert torch.isclose(got, expected, atol=1e-5)
+    for assistant_only_loss, first_scored in ((True, 100), (False, 0)):  # a short tail; the whole sequence
+        batch, _ = _batch(profile, processor, records, assistant_only_loss=assistant_only_loss)
+        assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # the batch really has padding
+        assert ((batch["labels"] != -100).any(0).nonzero()[0] > first_scored) == assistant_only_loss
+        with torch.no_grad():
+            expected = model(**{k: v for k, v in batch.items() if k != "loss_weights"}).loss
+            got = trainer.compute_loss(model, dict(batch))
+            doubled = dict(batch, loss_weights=batch["loss_weights"] * 2)
+            assert torch.isclose(trainer.compute_loss(model, doubled), 2 * got)
+        assert torch.isclose(got, expected, atol=1e-5)
 
 
 def _train_one_step(profile, base, splits, monkeypatch, tmp_path):
@@ -137,7 +199,8 @@ def _train_one_step(profile, base, splits, monkeypatch, tmp_path):
 @pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
 def test_one_step_changes_the_trainable_parameters_and_only_those(ci, monkeypatch, tmp_path, mode):
     profile, base, _, splits = ci
-    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.mode": mode, "sft.learning_rate": 1e-2})
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.mode": mode, "sft.learning_rate": 1e-2,
+                                         "sft.train_vision_encoder": True})  # full mode: every weight
     before, after, model, seen = _train_one_step(profile, base, splits, monkeypatch, tmp_path)
     assert {"pixel_values_videos", "video_grid_thw"} <= seen[0]  # the video reaches the training forward
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -156,6 +219,19 @@ def test_one_step_changes_the_trainable_parameters_and_only_those(ci, monkeypatc
     assert (saved / ("adapter_config.json" if mode != "full" else "model.safetensors")).is_file()
     reloaded, _ = modeling.load_model_and_processor(saved, profile)
     assert type(reloaded).__name__.startswith("Qwen2_5_VLForConditionalGeneration" if mode == "full" else "PeftModel")
+
+
+def test_a_frozen_vision_encoder_keeps_its_weights_while_the_merger_trains(ci, monkeypatch, tmp_path):
+    profile, base, _, splits = ci
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.learning_rate": 1e-2, "sft.train_vision_encoder": False})
+    before, after, model, _ = _train_one_step(profile, base, splits, monkeypatch, tmp_path)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    encoder = {n for n in before if ".visual." in n and ".merger." not in n}
+    merger = {n for n in before if ".visual.merger." in n}
+    assert encoder and merger and not encoder & trainable and merger <= trainable
+    assert trainable == set(before) - encoder  # the language model trains as in full mode
+    assert all(torch.equal(before[n], after[n]) for n in encoder)
+    assert any(not torch.equal(before[n], after[n]) for n in merger)
 
 
 class _StopAfter(TrainerCallback):

@@ -53,10 +53,13 @@ no S² attention matrix is stored.
   activations twice (the recomputed forward and its gradients);
 - without: every layer's full activations;
 - logits: B · (logit positions) · vocab · (act + 4 + 4) bytes: the logits, their fp32
-  upcast in the loss, and its fp32 gradient. SFT scores every position; GRPO only the
-  completion (TRL's ``logits_to_keep``);
+  upcast in the loss, and its fp32 gradient. SFT scores the answer (the tail from its first
+  token, ``vadr1_lib.sft``), or every position with ``sft.assistant_only_loss: false``; GRPO
+  only the completion (TRL's ``logits_to_keep``);
 - the vision tower's activations the same way over its patches (4 per video token), only
-  when it is trained (``full``; LoRA leaves it frozen, so nothing is kept for its backward).
+  when it is trained (``full`` with ``sft.train_vision_encoder``; LoRA leaves it frozen, so
+  nothing is kept for its backward). A frozen encoder's weights are still counted with the
+  trainable ones' gradients and optimizer states, an overestimate.
 
 The stage peak is the persistent memory (model states, reference model, overheads) plus
 the largest of the phases that never overlap: "training" (forward + backward of one
@@ -467,7 +470,7 @@ def _activation_components(profile: Profile, spec: ModelSpec, batch: int, tokens
         Component("logits", batch * logit_positions * spec.vocab_size * (act + 8), phase,
                   f"{batch} x {logit_positions} positions x {spec.vocab_size} vocab x (act + fp32 + fp32 grad)"),
     ]
-    if profile.sft.mode == "full" and spec.vision_depth:
+    if profile.sft.mode == "full" and profile.sft.train_vision_encoder and spec.vision_depth:
         d = spec.vision_hidden_size
         patches = batch * vision_patches
         per_block = layer_activation_bytes_per_token(d, d, spec.vision_intermediate_size, act)
@@ -485,7 +488,8 @@ def _stage_plan(profile: Profile, spec: ModelSpec, counts: ParameterCounts, stag
     if stage == "sft":
         batch = profile.sft.per_device_train_batch_size
         seq = sequence_budget(profile, spec, SFT_TARGET_TOKENS)
-        components += _activation_components(profile, spec, batch, seq.total, seq.total, seq.vision_patches, act, "training")
+        scored = seq.answer_tokens + 1 if profile.sft.assistant_only_loss else seq.total  # the answer and <|im_end|>
+        components += _activation_components(profile, spec, batch, seq.total, scored, seq.vision_patches, act, "training")
     else:
         g = profile.grpo
         batch = g.per_device_train_batch_size

@@ -25,6 +25,13 @@ the video to be predicted, and a small model learns the wording long before it l
 look. Weighting that token (measured on the cpu profile: see ``configs/profiles/cpu.yaml``)
 makes the one video-dependent decision count; the 7B profiles keep 1.
 
+Class-balanced batches (``sft.balanced_batches``, off = the paper's shuffled order): with
+the plain shuffle, a batch of 8 holds anywhere from 1 to 7 clips of one verdict, and the
+deciding token's gradient follows that mix, pushing the verdict's prior back and forth
+rather than towards the video. Drawing every batch half and half cancels the prior in each
+step, so what is left of the gradient is what the video says (measured on the cpu profile:
+see ``configs/profiles/cpu.yaml``).
+
 Speed: batches are right-padded and attention is causal, so no real token can attend to a
 pad; the forward therefore runs without the padding mask, which lets PyTorch's attention
 take its causal kernel (about 15% of a step on the CPU). Labels still ignore the pads.
@@ -43,7 +50,7 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import datasets
 import torch
@@ -51,57 +58,90 @@ import torch
 from vadr1_lib import dataset, modeling, prompts, video
 from vadr1_lib.config import Profile
 
-CACHE_BYTES = 1 << 30  # decoded clips kept in memory across epochs
+CACHE_BYTES = 1 << 30  # decoded clips / processed examples kept in memory across epochs
 
 
-class ClipCache:
-    """Decoded training clips, kept while they fit in a byte budget (oldest dropped first).
+class BoundedCache:
+    """``load(key)`` results kept while their ``nbytes`` fit in a byte budget (oldest dropped first).
 
-    Decoding is the same every epoch (the sampler is deterministic), so small datasets pay
-    for it once; a real-scale dataset simply streams.
+    Decoding and processing give the same result every epoch, so small datasets pay for
+    them once; a real-scale dataset simply streams.
     """
 
-    def __init__(self, load, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, load: Callable[[Any], Any], nbytes: Callable[[Any], int], max_bytes: int = CACHE_BYTES) -> None:
         self._load = load
+        self._nbytes = nbytes
         self._max_bytes = max_bytes
-        self._items: OrderedDict[str, video.VideoClip] = OrderedDict()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._bytes = 0
 
-    def __call__(self, path: str) -> video.VideoClip:
-        if path in self._items:
-            self._items.move_to_end(path)
-            return self._items[path]
-        clip = self._load(path)
-        size = clip.frames.nbytes
+    def __call__(self, key: Any) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._load(key)
+        size = self._nbytes(value)
         if size <= self._max_bytes:
-            self._items[path] = clip
+            self._items[key] = value
             self._bytes += size
             while self._bytes > self._max_bytes:
                 _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.frames.nbytes
-        return clip
+                self._bytes -= self._nbytes(dropped)
+        return value
+
+
+def clip_cache(profile: Profile) -> BoundedCache:
+    """Training-decoded clips by path (about 2 fps, 4 to 16 frames)."""
+    return BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
+
+
+PER_TOKEN_PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0, "assistant_masks": 0}  # and input_ids: the pad id
 
 
 class VideoSFTCollator:
-    """Rows ``{"video_path", "target", "decision_token"}`` -> a padded batch with video
-    tensors, labels and per-token loss weights."""
+    """Rows ``{"video_path", "target", "decision_token"}`` -> a right-padded batch with video
+    tensors, labels and per-token loss weights.
+
+    Each row goes through the processor once (chat template, video preprocessing,
+    assistant mask from the template's generation markers: a per-token Python loop that
+    cost ~10% of a cpu-profile step when redone every epoch); batches are then padded
+    from the cached, unpadded examples.
+    """
 
     def __init__(self, processor: Any, profile: Profile, *, assistant_only_loss: bool | None = None) -> None:
         self.processor = processor
         self.assistant_only_loss = profile.sft.assistant_only_loss if assistant_only_loss is None else assistant_only_loss
         self.decision_weight = profile.sft.decision_weight
-        self.clips = ClipCache(lambda path: video.training_clip(path, profile.video))
+        self.clips = clip_cache(profile)
+        self.examples = BoundedCache(self._process, lambda example: sum(t.nbytes for t in example.values()))
         self.vision_ids = modeling.vision_token_ids(processor)
+        self.pad_values = dict(PER_TOKEN_PAD_VALUES, input_ids=processor.tokenizer.pad_token_id)
+
+    def _process(self, key: tuple[str, str]) -> dict[str, torch.Tensor]:
+        path, target = key
+        clip = self.clips(path)
+        inputs = modeling.video_inputs([clip])
+        return dict(self.processor.apply_chat_template(
+            [prompts.build_messages("p2c", video=clip.frames, target=target)], tokenize=True, return_dict=True,
+            return_tensors="pt", return_assistant_tokens_mask=True,
+            processor_kwargs={"add_special_tokens": False, "video_metadata": inputs["video_metadata"],
+                              "do_sample_frames": False},
+        ))
+
+    def pad(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Right-pad the per-token tensors, concatenate the video ones (the processor's own batching)."""
+        length = max(example["input_ids"].size(1) for example in examples)
+        batch = {}
+        for key in examples[0]:
+            if key in self.pad_values:
+                batch[key] = torch.cat([torch.nn.functional.pad(example[key], (0, length - example[key].size(1)),
+                                                                value=self.pad_values[key]) for example in examples])
+            else:
+                batch[key] = torch.cat([example[key] for example in examples])
+        return batch
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        clips = [self.clips(row["video_path"]) for row in rows]
-        messages = [prompts.build_messages("p2c", video=clip.frames, target=row["target"]) for clip, row in zip(clips, rows)]
-        inputs = modeling.video_inputs(clips)
-        batch = self.processor.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
-            processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False,
-                              "video_metadata": inputs["video_metadata"], "do_sample_frames": False},
-        )
+        batch = self.pad([self.examples((row["video_path"], row["target"])) for row in rows])
         assistant = batch.pop("assistant_masks")
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
@@ -114,7 +154,48 @@ class VideoSFTCollator:
                 weights[index, int(assistant[index].nonzero()[0]) + row["decision_token"]] *= self.decision_weight
         batch["labels"] = labels
         batch["loss_weights"] = weights
-        return dict(batch)
+        return batch
+
+
+class ClassBalancedSampler(torch.utils.data.Sampler):
+    """Training indices in an order where each run of ``batch_size`` consecutive indices
+    (one device's batch) holds the two verdicts in equal numbers, alternating; for an odd
+    size the extra place goes to each verdict in turn from batch to batch.
+
+    Each verdict is drawn from its own shuffled queue, reshuffled when used up, so the
+    smaller class is revisited more often (the real release has more anomalies than normal
+    clips). An epoch is ``len(dataset)`` indices. The order depends only on the seed and the
+    epoch (the trainer calls ``set_epoch``), which is what resuming mid-epoch needs: the
+    trainer replays the epoch's order and skips the batches already trained. Under several
+    processes accelerate hands whole batches to each, so every device batch stays balanced.
+    """
+
+    def __init__(self, is_abnormal: list[bool], batch_size: int, seed: int) -> None:
+        self.groups = [[i for i, abnormal in enumerate(is_abnormal) if abnormal == verdict] for verdict in (True, False)]
+        if not all(self.groups):
+            raise ValueError("balanced batches need training clips of both verdicts; this split has only one "
+                             "(set sft.balanced_batches=false)")
+        self.size = len(is_abnormal)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # one stream per (seed, epoch)
+        queues: list[list[int]] = [[], []]
+        for position in range(self.size):
+            batch, place = divmod(position, self.batch_size)
+            group = (batch + place) % 2  # alternate within a batch; an odd batch's extra place alternates too
+            if not queues[group]:
+                members = self.groups[group]
+                queues[group] = [members[i] for i in torch.randperm(len(members), generator=generator).tolist()]
+            yield queues[group].pop()
 
 
 def decision_token_indices(targets: list[list[int]], is_normal: list[bool]) -> list[int]:
@@ -149,44 +230,75 @@ def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Da
     targets = [tokenizer(r.target_text, add_special_tokens=False)["input_ids"] for r in records]
     decisions = decision_token_indices(targets, [not r.is_abnormal for r in records])
     return datasets.Dataset.from_list([
-        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text, "decision_token": d}
+        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text, "decision_token": d,
+         "abnormal": r.is_abnormal}
         for r, d in zip(records, decisions)
     ])
 
 
 def video_sft_trainer_class() -> type:
-    """``SFTTrainer`` with the weighted, mask-free loss described in the module docstring.
+    """``SFTTrainer`` with the weighted, mask-free loss and the balanced sampler described in
+    the module docstring.
 
     Built on first use because importing TRL takes seconds and most callers never train.
     Everything else (loop, optimizer, schedule, checkpoints, accelerate/DeepSpeed, logging)
-    is TRL's; only the loss of a batch is computed here, from the same fused LM head TRL
-    uses (per-token log-probabilities without materialising the logits).
+    is TRL's; only the loss of a batch and the order of the examples are ours.
+
+    Why not TRL's fused LM head: off Triton devices it scores every position, video and
+    prompt included (measured: 22% of a cpu-profile step). The answer tokens sit at the end
+    of each right-padded row, so asking the model for the logits of the tail that starts at
+    the earliest answer token (``logits_to_keep``) scores little more than the answers,
+    through the model's ordinary forward (PEFT and DeepSpeed see nothing unusual). With
+    ``assistant_only_loss: false`` the tail is the whole sequence, as in the model's own loss.
     """
     from trl import SFTTrainer
 
     class VideoSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, balanced_batches: bool = False, **kwargs: Any) -> None:
+            self.balanced_batches = balanced_batches
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.balanced_batches:
+                return super()._get_train_sampler(train_dataset)
+            rows = self.train_dataset if train_dataset is None else train_dataset
+            return ClassBalancedSampler(list(rows["abnormal"]), self.args.per_device_train_batch_size, self.args.seed)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            weights = inputs.pop("loss_weights")
+            inputs = dict(inputs)
+            labels, weights = inputs.pop("labels"), inputs.pop("loss_weights")
             attention = inputs["attention_mask"]
-            forward = dict(inputs, use_cache=False, fused_lm_head=True)
             if bool((attention[:, 1:] <= attention[:, :-1]).all()):  # right padding only: pads come last
-                forward.pop("attention_mask")
-            outputs = model(**forward)
-            mask = outputs.label_mask
+                inputs.pop("attention_mask")
+            targets, weights = labels[:, 1:], weights[:, 1:]  # position p predicts token p + 1
+            scored = (targets != -100).any(dim=0).nonzero()
+            first = int(scored[0]) if len(scored) else targets.size(1) - 1
+            outputs = model(**inputs, use_cache=False, logits_to_keep=labels.size(1) - first)
+            log_probs = outputs.logits[:, :-1].float().log_softmax(-1)  # the positions first .. L-2
+            targets, weights = targets[:, first:], weights[:, first:]
+            mask = targets != -100
+            token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -(outputs.log_probs * weights[:, 1:].to(outputs.log_probs.dtype)).sum()
+            loss = -(token_log_probs * weights.to(token_log_probs.dtype)).sum()
             loss = loss / torch.as_tensor(tokens, device=loss.device).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # as TRL: DDP averages, the count was global
+            self._log_token_metrics(model, log_probs.detach(), targets, mask, attention)
+            return (loss, outputs) if return_outputs else loss
+
+        def _log_token_metrics(self, model, log_probs, targets, mask, attention) -> None:
+            """The figures TRL's SFTTrainer logs: entropy and top-1 accuracy on the target
+            tokens, tokens seen."""
             mode = "train" if model.training else "eval"
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            top1 = log_probs.argmax(-1) == targets
             valid = self.accelerator.gather_for_metrics(mask.sum()).sum().clamp(min=1)
-            for name, per_token in (("entropy", outputs.entropy), ("mean_token_accuracy", outputs.is_top1)):
-                total = self.accelerator.gather_for_metrics(per_token.detach().float().sum()).sum()
+            for name, per_token in (("entropy", entropy), ("mean_token_accuracy", top1)):
+                total = self.accelerator.gather_for_metrics((per_token.float() * mask).sum()).sum()
                 self._metrics[mode][name].append((total / valid).item())
             if mode == "train":
                 self._total_train_tokens += self.accelerator.gather_for_metrics(attention.sum()).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return (loss, outputs) if return_outputs else loss
 
     return VideoSFTTrainer
 
@@ -271,6 +383,7 @@ def train(profile: Profile, base_model: str, train_file: Path, *, output_dir: Pa
         train_dataset=sft_dataset(records, processor.tokenizer),
         data_collator=VideoSFTCollator(processor, profile),
         processing_class=processor,
+        balanced_batches=profile.sft.balanced_batches,
     )
     seconds, resume = train_and_save(trainer, processor, output_dir, checkpoints)
     return SFTResult(output_dir, seconds, trainer.state.global_step, trainer.state.log_history, resume)

@@ -61,7 +61,8 @@ def ensure_base_model(profile: Profile) -> str:
     corpus = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
     out = base_model_dir(profile)
     info = modeling.tiny_model_info(out)
-    if info is not None and info["corpus_sha256"] == modeling.corpus_sha256(corpus) and (out / "model.safetensors").is_file():
+    if (info is not None and info.get("identity") == modeling.tiny_model_identity(profile.model, corpus)
+            and (out / "model.safetensors").is_file()):
         return str(out)
     modeling.build_tiny_model(profile, out, corpus)
     return str(out)
@@ -116,14 +117,14 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
 
 
 def _model_identity(model_path: str) -> str:
-    """What makes a model's predictions reusable: its stage fingerprint or tiny-model corpus, else its path."""
+    """What makes a model's predictions reusable: its stage fingerprint or tiny-model identity, else its path."""
     from vadr1_lib import sft
 
     marker = sft.read_marker(Path(model_path)) if Path(model_path).is_dir() else None
     if marker is not None:
         return f"{marker['stage']}:{marker['fingerprint']}"
     info = modeling.tiny_model_info(Path(model_path)) if Path(model_path).is_dir() else None
-    return f"tiny:{info['corpus_sha256']}:{info['seed']}" if info else str(model_path)
+    return f"tiny:{info.get('identity')}" if info else str(model_path)
 
 
 def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_kind: str = "p2c",
