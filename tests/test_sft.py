@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from vadr1_lib import config, dataset, modeling, prompts, sft, stages
+from vadr1_lib import config, dataset, modeling, prompts, sft, stages, video
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,13 @@ def _batch(profile, processor, records, **kwargs):
     return collator(rows), collator
 
 
+def _trainer(profile, model, processor, train, tmp_path, **kwargs):
+    """The SFT trainer as ``sft.train`` builds it, without training."""
+    return sft.video_sft_trainer_class()(
+        model=model, args=sft.training_arguments(profile, tmp_path), processing_class=processor, train_dataset=train,
+        data_collator=sft.VideoSFTCollator(processor, profile), **kwargs)
+
+
 def test_collator_carries_video_and_masks_all_but_the_answer(ci):
     profile, base, records, _ = ci
     _, processor = modeling.load_model_and_processor(base, profile)
@@ -52,7 +59,7 @@ def test_cached_examples_pad_to_the_processors_own_batch(ci):
     collator = sft.VideoSFTCollator(processor, profile)
     rows = sft.sft_dataset(records[:3], processor.tokenizer).to_list()
     assert len({len(r["target"]) for r in rows}) > 1  # rows of different lengths: real padding
-    clips = [collator.clips(row["video_path"]) for row in rows]
+    clips = [video.training_clip(row["video_path"], profile.video) for row in rows]
     expected = processor.apply_chat_template(
         [prompts.build_messages("p2c", video=clip.frames, target=row["target"]) for clip, row in zip(clips, rows)],
         tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
@@ -114,17 +121,11 @@ def test_balanced_sampler_puts_both_verdicts_in_every_batch():
 
 
 def test_trainer_draws_balanced_batches_when_asked(ci, tmp_path):
-    from trl import SFTConfig
-
     profile, base, records, _ = ci
     model, processor = modeling.load_model_and_processor(base, profile)
     train = sft.sft_dataset(records, processor.tokenizer)
-    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=2,
-                     remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
     for balanced in (True, False):
-        trainer = sft.video_sft_trainer_class()(model=model, args=args, processing_class=processor, train_dataset=train,
-                                                data_collator=sft.VideoSFTCollator(processor, profile),
-                                                balanced_batches=balanced)
+        trainer = _trainer(profile, model, processor, train, tmp_path, balanced_batches=balanced)
         loader = trainer.get_train_dataloader()
         batches = []
         for epoch in range(5):  # the trainer's epochs, each with its own order
@@ -155,15 +156,10 @@ def test_weighted_loss_is_the_token_mean_at_weight_one_and_padding_free(ci, tmp_
     """The trainer's loss equals the model's own loss (mean over target tokens, padding
     mask applied) when every weight is 1: dropping the mask of a right-padded batch and
     scoring only the tail that holds the answers change nothing but speed."""
-    from trl import SFTConfig
-
     _, base, records, _ = ci
     profile = config.load_profile("ci", {"sft.decision_weight": 1.0})
     model, processor = modeling.load_model_and_processor(base, profile)
-    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, dataset_kwargs={"skip_prepare_dataset": True})
-    trainer = sft.video_sft_trainer_class()(model=model, args=args, processing_class=processor,
-                                            train_dataset=sft.sft_dataset(records[:2], processor.tokenizer),
-                                            data_collator=sft.VideoSFTCollator(processor, profile))
+    trainer = _trainer(profile, model, processor, sft.sft_dataset(records[:2], processor.tokenizer), tmp_path)
     for assistant_only_loss, first_scored in ((True, 100), (False, 0)):  # a short tail; the whole sequence
         batch, _ = _batch(profile, processor, records, assistant_only_loss=assistant_only_loss)
         assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # the batch really has padding

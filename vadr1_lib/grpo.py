@@ -139,7 +139,7 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
     rows = datasets.Dataset.from_list([
         {"id": f"{r.source}/{r.video}", PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
     ])
-    clips = sft.clip_cache(profile)
+    clips = sft.BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
 
     def attach_clips(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         decoded = [clips(path) for path in batch[PATH_COLUMN]]

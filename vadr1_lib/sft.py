@@ -90,11 +90,6 @@ class BoundedCache:
         return value
 
 
-def clip_cache(profile: Profile) -> BoundedCache:
-    """Training-decoded clips by path (about 2 fps, 4 to 16 frames)."""
-    return BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
-
-
 PER_TOKEN_PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0, "assistant_masks": 0}  # and input_ids: the pad id
 
 
@@ -112,14 +107,14 @@ class VideoSFTCollator:
         self.processor = processor
         self.assistant_only_loss = profile.sft.assistant_only_loss if assistant_only_loss is None else assistant_only_loss
         self.decision_weight = profile.sft.decision_weight
-        self.clips = clip_cache(profile)
+        self.video_config = profile.video
         self.examples = BoundedCache(self._process, lambda example: sum(t.nbytes for t in example.values()))
         self.vision_ids = modeling.vision_token_ids(processor)
         self.pad_values = dict(PER_TOKEN_PAD_VALUES, input_ids=processor.tokenizer.pad_token_id)
 
     def _process(self, key: tuple[str, str]) -> dict[str, torch.Tensor]:
         path, target = key
-        clip = self.clips(path)
+        clip = video.training_clip(path, self.video_config)  # decoded once: the processed example is cached
         inputs = modeling.video_inputs([clip])
         return dict(self.processor.apply_chat_template(
             [prompts.build_messages("p2c", video=clip.frames, target=target)], tokenize=True, return_dict=True,
