@@ -51,6 +51,70 @@ def test_collator_carries_video_and_masks_all_but_the_answer(ci):
         assert processor.tokenizer.decode(kept) == row.target_text + "<|im_end|>"
 
 
+# Qwen/Qwen2.5-VL-7B-Instruct's chat_template.json, as downloaded from the Hub: no
+# {% generation %} markers. Kept here as a literal so that the project's template cannot
+# drift from it unnoticed.
+HUB_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in "
+    "content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] "
+    "== 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module", params=["restricted", "full"])
+def hub_shaped(request, ci, tmp_path_factory):
+    """A tiny checkpoint saved with the Hub's template, on the restricted or the full Qwen2.5 vocabulary."""
+    _, _, records, _ = ci
+    profile = config.load_profile("ci", {"model.tiny.vocabulary": request.param})
+    out = modeling.build_tiny_model(profile, tmp_path_factory.mktemp(request.param), [r.target_text for r in records])
+    return profile, out, records
+
+
+def test_the_tiny_checkpoint_has_the_hub_template_and_real_ids_with_the_full_vocabulary(hub_shaped):
+    profile, out, _ = hub_shaped
+    model, processor = modeling.load_model_and_processor(out, profile)
+    assert processor.chat_template == HUB_TEMPLATE == (out / "chat_template.jinja").read_text()
+    if profile.model.tiny.vocabulary == "full":
+        tok = processor.tokenizer
+        assert model.config.text_config.vocab_size == 151_936 and len(tok) == 151_665
+        assert tok.convert_tokens_to_ids("<|video_pad|>") == 151656 == model.config.video_token_id
+        assert tok("<|im_start|>hello<|im_end|>")["input_ids"] == [151644, 14990, 151645]
+
+
+def test_exactly_the_reply_and_its_end_of_turn_carry_loss_without_generation_markers(hub_shaped):
+    profile, out, records = hub_shaped
+    model, processor = modeling.load_model_and_processor(out, profile)
+    batch, collator = _batch(profile, processor, records)
+    decode = processor.tokenizer.decode
+    for row, ids, labels, attention in zip(records[:2], batch["input_ids"], batch["labels"], batch["attention_mask"]):
+        length = int(attention.sum())
+        scored = (labels != -100).nonzero().flatten().tolist()
+        first = scored[0]
+        assert scored == list(range(first, length - 1))  # one run, up to the template's closing newline
+        assert decode(ids[first:length - 1]) == row.target_text + "<|im_end|>"
+        assert decode(ids[:first]).endswith("<|im_start|>assistant\n") and decode(ids[length - 1]) == "\n"
+        assert torch.isin(ids, collator.vision_ids).sum() > 0  # the video is there, and carries no loss
+    with torch.no_grad():
+        assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "loss_weights"}).loss)
+
+
+def test_a_template_that_rewrites_the_reply_is_refused(ci):
+    _, base, _, _ = ci
+    profile = ci[0]
+    _, processor = modeling.load_model_and_processor(base, profile)
+    processor.chat_template = HUB_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}",
+                                                   "<|im_start|>assistant\n<think>\n{% endif %}")
+    with pytest.raises(ValueError, match="reply right after its generation prompt"):
+        modeling.ReplyLocator(processor)
+
+
 def test_cached_examples_pad_to_the_processors_own_batch(ci):
     """The collator processes each row once and pads later batches itself: the result must
     be the processor's batched output, tensor for tensor."""
@@ -62,13 +126,13 @@ def test_cached_examples_pad_to_the_processors_own_batch(ci):
     clips = [video.training_clip(row["video_path"], profile.video) for row in rows]
     expected = processor.apply_chat_template(
         [prompts.build_messages("p2c", video=clip.frames, target=row["target"]) for clip, row in zip(clips, rows)],
-        tokenize=True, return_dict=True, return_tensors="pt", return_assistant_tokens_mask=True,
+        tokenize=True, return_dict=True, return_tensors="pt",
         processor_kwargs={"padding": True, "padding_side": "right", "add_special_tokens": False,
                           "video_metadata": modeling.video_inputs(clips)["video_metadata"], "do_sample_frames": False},
     )
     for _ in range(2):  # the second call is served from the cache
         batch = collator.pad([collator.examples((row["video_path"], row["target"])) for row in rows])
-        assert set(batch) == set(expected)
+        assert set(batch) == set(expected) | {"reply_mask"}
         for key, value in expected.items():
             assert torch.equal(batch[key], value), key
 

@@ -84,6 +84,9 @@ class TinyModelConfig:
     vision_intermediate_size: int = 128
     tokens_per_second: int = 4  # temporal position ids per second of video
     corpus_extra_texts: int = 0  # unused texts beyond the prompts and targets (vocabulary)
+    # "restricted": Qwen2.5's BPE cut down to the corpus (fast on a CPU); "full": all of it,
+    # with the Hub checkpoints' 151,936 embedding rows and real token ids (what preflight uses).
+    vocabulary: str = "restricted"
 
 
 @dataclass

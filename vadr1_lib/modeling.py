@@ -75,7 +75,9 @@ def tiny_config(model: ModelConfig, tok: Any) -> Qwen2_5_VLConfig:
     head_dim = sizes.hidden_size // sizes.num_heads
     ids = {name: tok.convert_tokens_to_ids(name) for name in qwen_tok.VISION_TOKENS}
     text_config = {
-        "vocab_size": len(tok),
+        # A Hub checkpoint's embedding has more rows than its tokenizer has tokens (padded
+        # for fast matmuls); the full-vocabulary tiny model keeps that shape.
+        "vocab_size": qwen_tok.HUB_EMBEDDING_ROWS if sizes.vocabulary == "full" else len(tok),
         "hidden_size": sizes.hidden_size,
         "intermediate_size": sizes.intermediate_size,
         "num_hidden_layers": sizes.num_layers,
@@ -125,10 +127,16 @@ def build_tiny_model(profile: Profile, out_dir: Path, corpus: Iterable[str]) -> 
 
     The corpus should hold every text the model will read or write (prompts, chat template
     text, training targets): on those texts the restricted tokenizer segments exactly like
-    Qwen2.5, and anything else still encodes from the 256 byte tokens.
+    Qwen2.5, and anything else still encodes from the 256 byte tokens. With
+    ``model.tiny.vocabulary: full`` the corpus is ignored: the model gets all of Qwen2.5's
+    tokens at their real ids and a Hub checkpoint's embedding shape, so that nothing
+    downstream can come to depend on the restricted vocabulary's renumbered ids.
     """
     texts = tiny_corpus(corpus)
-    tok = qwen_tok.restricted_tokenizer(texts)
+    vocabulary = profile.model.tiny.vocabulary
+    if vocabulary not in ("restricted", "full"):
+        raise ValueError(f"model.tiny.vocabulary must be 'restricted' or 'full', got {vocabulary!r}")
+    tok = qwen_tok.qwen_tokenizer() if vocabulary == "full" else qwen_tok.restricted_tokenizer(texts)
     config = tiny_config(profile.model, tok)
     torch.manual_seed(profile.model.seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
@@ -308,6 +316,52 @@ def video_inputs(clips: Sequence[VideoClip]) -> dict[str, Any]:
         ],
         "do_sample_frames": False,
     }
+
+
+class ReplyLocator:
+    """Which tokens of a rendered chat are the assistant's reply: the tokens that carry the
+    SFT loss and that VANE scores.
+
+    Hub checkpoints ship chat templates without ``{% generation %}`` markers, so
+    transformers' ``return_assistant_tokens_mask`` gives an all-zero mask for them (and only
+    warns). Instead, the template is rendered once around a placeholder reply to learn what
+    it writes after the reply (for Qwen's ChatML, ``<|im_end|>`` and a newline); the reply
+    is then the run of tokens just before that closing text. The reply's tokens and the
+    first token of the closing text (the end-of-turn token the model must learn to emit)
+    are marked; the formatting after it never is, since generation stops before it.
+
+    Every located reply is checked token for token, so a template that rewrites the reply
+    (some strip reasoning text) or renders something between the generation prompt and
+    the reply fails with a message instead of training on the wrong tokens.
+    """
+
+    _PLACEHOLDER = "REPLY"
+
+    def __init__(self, processor: Any) -> None:
+        from vadr1_lib import prompts
+
+        self.tokenizer = processor.tokenizer
+        messages = prompts.build_messages("p2c")
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        full = processor.apply_chat_template(prompts.build_messages("p2c", target=self._PLACEHOLDER), tokenize=False)
+        after_prompt = full[len(prompt):] if full.startswith(prompt) else None
+        if after_prompt is None or not after_prompt.startswith(self._PLACEHOLDER):
+            raise ValueError("the chat template does not render the assistant's reply right after its generation "
+                             "prompt, so the reply's tokens cannot be located; use a Qwen2.5-VL chat template")
+        self.closing_ids = self.tokenizer(after_prompt[len(self._PLACEHOLDER):], add_special_tokens=False)["input_ids"]
+        if not self.closing_ids:
+            raise ValueError("the chat template writes nothing after the assistant's reply: no end-of-turn token to learn")
+
+    def mask(self, input_ids: torch.Tensor, reply: str) -> torch.Tensor:
+        """A 0/1 mask over ``input_ids`` (one unpadded rendered chat ending with ``reply``'s turn)."""
+        reply_ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + self.closing_ids[:1]
+        end = input_ids.numel() - len(self.closing_ids) + 1
+        start = end - len(reply_ids)
+        if start < 0 or input_ids[start:end].tolist() != reply_ids or input_ids[end:].tolist() != self.closing_ids[1:]:
+            raise ValueError("the rendered chat does not end with the reply's tokens and the template's closing text")
+        mask = torch.zeros_like(input_ids)
+        mask[start:end] = 1
+        return mask
 
 
 def vision_token_ids(processor: Qwen2_5_VLProcessor) -> torch.Tensor:

@@ -12,7 +12,8 @@ decodes the frames the release's way (about 2 fps, 4 to 16 frames), passes the r
 sampling rate, and builds the labels:
 
 - loss on the assistant's tokens only (``sft.assistant_only_loss: true``, the default):
-  the chat template's ``{% generation %}`` markers give the mask;
+  the reply and its end-of-turn token, located from the rendered template
+  (:class:`vadr1_lib.modeling.ReplyLocator`), so any Qwen2.5-VL checkpoint's template works;
 - or on every text token (``false``), as the release did: the model then also learns to
   predict the system prompt and the instruction, which costs capacity on text it is always
   given. Vision placeholder tokens never carry loss (they are inputs, not predictions).
@@ -90,17 +91,15 @@ class BoundedCache:
         return value
 
 
-PER_TOKEN_PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0, "assistant_masks": 0}  # and input_ids: the pad id
+PER_TOKEN_PAD_VALUES = {"attention_mask": 0, "mm_token_type_ids": 0, "reply_mask": 0}  # and input_ids: the pad id
 
 
 class VideoSFTCollator:
     """Rows ``{"video_path", "target", "decision_token"}`` -> a right-padded batch with video
     tensors, labels and per-token loss weights.
 
-    Each row goes through the processor once (chat template, video preprocessing,
-    assistant mask from the template's generation markers: a per-token Python loop that
-    cost ~10% of a cpu-profile step when redone every epoch); batches are then padded
-    from the cached, unpadded examples.
+    Each row goes through the processor once (chat template, video preprocessing, the
+    reply's mask); batches are then padded from the cached, unpadded examples.
     """
 
     def __init__(self, processor: Any, profile: Profile, *, assistant_only_loss: bool | None = None) -> None:
@@ -110,18 +109,21 @@ class VideoSFTCollator:
         self.video_config = profile.video
         self.examples = BoundedCache(self._process, lambda example: sum(t.nbytes for t in example.values()))
         self.vision_ids = modeling.vision_token_ids(processor)
+        self.reply = modeling.ReplyLocator(processor)
         self.pad_values = dict(PER_TOKEN_PAD_VALUES, input_ids=processor.tokenizer.pad_token_id)
 
     def _process(self, key: tuple[str, str]) -> dict[str, torch.Tensor]:
         path, target = key
         clip = video.training_clip(path, self.video_config)  # decoded once: the processed example is cached
         inputs = modeling.video_inputs([clip])
-        return dict(self.processor.apply_chat_template(
+        example = dict(self.processor.apply_chat_template(
             [prompts.build_messages("p2c", video=clip.frames, target=target)], tokenize=True, return_dict=True,
-            return_tensors="pt", return_assistant_tokens_mask=True,
+            return_tensors="pt",
             processor_kwargs={"add_special_tokens": False, "video_metadata": inputs["video_metadata"],
                               "do_sample_frames": False},
         ))
+        example["reply_mask"] = self.reply.mask(example["input_ids"][0], target).unsqueeze(0)
+        return example
 
     def pad(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Right-pad the per-token tensors, concatenate the video ones (the processor's own batching)."""
@@ -137,16 +139,16 @@ class VideoSFTCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.pad([self.examples((row["video_path"], row["target"])) for row in rows])
-        assistant = batch.pop("assistant_masks")
+        reply = batch.pop("reply_mask")
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = -100
         labels[torch.isin(labels, self.vision_ids)] = -100
         if self.assistant_only_loss:
-            labels[assistant == 0] = -100
+            labels[reply == 0] = -100
         weights = (labels != -100).float()
         for index, row in enumerate(rows):
             if row["decision_token"] >= 0:
-                weights[index, int(assistant[index].nonzero()[0]) + row["decision_token"]] *= self.decision_weight
+                weights[index, int(reply[index].nonzero()[0]) + row["decision_token"]] *= self.decision_weight
         batch["labels"] = labels
         batch["loss_weights"] = weights
         return batch

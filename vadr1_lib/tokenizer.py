@@ -39,6 +39,7 @@ from transformers import Qwen2Tokenizer
 from vadr1_lib import paths
 
 NUM_BPE_TOKENS = 151_643
+HUB_EMBEDDING_ROWS = 151_936  # vocab_size in Qwen2.5-VL-3B-Instruct's config.json (the 7B pads to 152,064)
 
 # Qwen2.5-VL-7B-Instruct's added tokens, in id order from 151643. `special` marks those
 # the tokenizer treats as control tokens (never split, skipped by skip_special_tokens).
@@ -68,20 +69,17 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 )
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
-# Qwen2-VL / Qwen2.5-VL's chat template (as shipped with the Instruct checkpoints), with
-# one addition: `{% generation %}` marks the assistant's reply so that
-# `return_assistant_tokens_mask=True` can tell which tokens carry the SFT loss. The markers
-# render nothing; the rendered text is identical to the original template's.
+# The chat template that ships with Qwen/Qwen2.5-VL-7B-Instruct (its chat_template.json),
+# verbatim. It has no `{% generation %}` markers, and neither does any other Hub checkpoint's,
+# so the SFT loss finds the assistant's reply from the rendered prompt instead
+# (:func:`vadr1_lib.sft.reply_token_mask`); the tiny model ships this very template so that
+# the CPU profiles take the same path as a downloaded checkpoint.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['role'] == 'assistant' %}{% generation %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}{% if 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>{% endgeneration %}\n"
-    "{% elif message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
     "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"

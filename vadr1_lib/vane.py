@@ -87,16 +87,17 @@ def option_scores(model: Any, processor: Any, question: Question, profile: Profi
     messages[-1]["content"][-1]["text"] = question.question
     texts = [processor.apply_chat_template(messages + [{"role": "assistant", "content": [{"type": "text", "text": o}]}],
                                            tokenize=False) for o in question.options]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     processor.tokenizer.padding_side = "right"
     inputs = processor(text=texts, return_tensors="pt", padding=True,
                        **modeling.video_inputs([clip] * len(texts))).to(model.device)
-    prompt_len = processor(text=[prompt], return_tensors="pt", **modeling.video_inputs([clip]))["input_ids"].shape[1]
+    locator = modeling.ReplyLocator(processor)
+    replies = torch.zeros_like(inputs["input_ids"])
+    for row, (ids, length, option) in enumerate(zip(inputs["input_ids"], inputs["attention_mask"].sum(1), question.options)):
+        replies[row, :length] = locator.mask(ids[:length], option)  # the option's tokens and its end of turn
     logits = model(**inputs).logits[:, :-1].float()
     targets = inputs["input_ids"][:, 1:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    mask = inputs["attention_mask"][:, 1:].bool()
-    mask[:, : prompt_len - 1] = False  # only the option's tokens (and its <|im_end|>) are scored
+    mask = replies[:, 1:].bool()
     return ((logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
 
 
