@@ -32,7 +32,7 @@ def test_doctor_json_reports_profiles_and_packages(capsys):
     code, out, _ = run_cli(capsys, "doctor", "--json")
     report = json.loads(out)
     assert code == 0
-    assert report["profiles"] == ["ci", "cpu", "full-4xa100", "qlora-24gb"]
+    assert report["profiles"] == ["ci", "cpu", "full-4xa100", "qlora-24gb", "qlora-t4-16gb"]
     assert report["packages"]["transformers"].startswith("5.24")
 
 

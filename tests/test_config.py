@@ -5,7 +5,7 @@ from vadr1_lib import config
 
 def test_every_profile_loads_with_all_sections():
     names = config.available_profiles()
-    assert names == ["ci", "cpu", "full-4xa100", "qlora-24gb"]
+    assert names == ["ci", "cpu", "full-4xa100", "qlora-24gb", "qlora-t4-16gb"]
     for name in names:
         profile = config.load_profile(name)
         assert profile.name == name
@@ -35,7 +35,7 @@ def test_overrides_in_both_forms_are_typed():
 
 
 def test_unknown_profile_lists_the_valid_ones():
-    with pytest.raises(config.ProfileError, match="unknown profile 'gpu'.*ci, cpu, full-4xa100, qlora-24gb"):
+    with pytest.raises(config.ProfileError, match="unknown profile .gpu.*ci, cpu, full-4xa100, qlora-24gb, qlora-t4-16gb"):
         config.load_profile("gpu")
 
 

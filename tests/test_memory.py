@@ -180,6 +180,14 @@ def test_full_4xa100_fits_80gb_with_zero2_sft_and_zero3_grpo() -> None:
     assert grpo.component("KV cache").bytes == 2 * 28 * 512 * grpo.sequence.total * 4 * 2
 
 
+def test_the_t4_profile_fits_with_a_margin_where_the_7b_would_not() -> None:
+    plan = memory.plan_memory(config.load_profile("qlora-t4-16gb"))
+    assert plan.capacity_gib == 15.0 and plan.stage("grpo").peak_bytes < 13 * memory.GIB  # 2 GiB to spare at least
+    seven_b = config.load_profile("qlora-t4-16gb", {"model.name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct",
+                                                    "video.max_frames": 8})
+    assert not memory.plan_memory(seven_b).fits("grpo")  # even with half the frames
+
+
 def test_qlora_24gb_fits_24gb() -> None:
     plan = memory.plan_memory(config.load_profile("qlora-24gb"))
     assert plan.capacity_gib == 24.0 and plan.fits("sft") and plan.fits("grpo")

@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan-memory", help="estimate per-GPU memory of the profile's SFT and GRPO stages, and whether they fit")
     _add_profile_args(p)
     p.add_argument("--gpu-gb", type=float, default=None,
-                   help="memory per device in GiB (default: the profile's card, 80 or 24; none for CPU profiles)")
+                   help="memory per device in GiB (default: the profile's launch.gpu_memory_gib; none for CPU profiles)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan_memory)
     return parser

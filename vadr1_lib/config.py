@@ -172,6 +172,12 @@ class LaunchConfig:
     accelerate_config_grpo: str | None = None
     torch_threads: int = 0  # 0: leave torch's default; CPU profiles set it deliberately
     device: str = "auto"  # auto | cpu | cuda
+    # Memory of one device in GiB, the budget plan-memory checks the stages against (None:
+    # no verdict; CPU profiles plan host RAM).
+    gpu_memory_gib: float | None = None
+    # Where training logs go, as transformers' report_to names them ("tensorboard", "wandb",
+    # ...); empty: nowhere. Logs land in <stage folder>/logs beside its checkpoints.
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass

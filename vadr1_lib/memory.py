@@ -117,9 +117,6 @@ SFT_TARGET_TOKENS = 597  # longest think + "\n" + answer of Vad-Reasoning-SFT-tr
 TINY_VOCAB_ESTIMATE = 1500  # a built cpu-profile tiny model has 1349 tokens; used only before it is built
 LORA_PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")  # modeling.LORA_TARGET_MODULES, per LM layer
 
-# Default card size per GPU profile; CPU profiles plan against host RAM and have none.
-DEFAULT_GPU_GIB: dict[str, float] = {"full-4xa100": 80.0, "qlora-24gb": 24.0}
-
 # The fields of each checkpoint's config.json that size it, copied from the hub
 # (https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct/blob/main/config.json and the 3B's).
 # Their parameter counts (8,292,166,656 and 3,754,622,976; the model cards say 8.29B and
@@ -538,12 +535,12 @@ def plan_memory(profile: Profile, gpu_gb: float | None = None) -> MemoryPlan:
     """Per-device memory of the profile's SFT and GRPO stages (module docstring).
 
     ``gpu_gb`` is the per-device budget in GiB; by default the card the profile is made for
-    (``DEFAULT_GPU_GIB``), and none for CPU profiles (their numbers are host RAM).
+    (``launch.gpu_memory_gib``), and none for CPU profiles (their numbers are host RAM).
     """
     spec = model_spec(profile)
     counts = count_parameters(spec)
     device = _device(profile)
-    capacity = gpu_gb if gpu_gb is not None else (DEFAULT_GPU_GIB.get(profile.name) if device == "cuda" else None)
+    capacity = gpu_gb if gpu_gb is not None else (profile.launch.gpu_memory_gib if device == "cuda" else None)
     if capacity is not None and capacity <= 0:
         raise ValueError(f"gpu_gb must be positive, got {capacity}")
     act = 2 if profile.model.dtype in ("bfloat16", "float16") or profile.launch.mixed_precision in ("bf16", "fp16") else 4

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections import OrderedDict
@@ -312,8 +313,21 @@ def fingerprint(profile: Profile, base_model: str, train_file: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def use_bf16(profile: Profile) -> bool:
-    return profile.launch.mixed_precision == "bf16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
+def mixed_precision_flags(profile: Profile) -> dict[str, bool]:
+    """``bf16`` / ``fp16`` for the trainer from ``launch.mixed_precision``.
+
+    Passed on as asked, wherever the run is: bf16 autocasts on a CPU too, and a GPU
+    without bf16 (a T4) then fails at once with transformers' own message instead of
+    silently training in fp32. fp16 takes effect on a GPU only (accelerate enables its
+    autocast and gradient scaler there; on a CPU the fp16 weights run without them).
+    """
+    precision = profile.launch.mixed_precision
+    if precision not in MIXED_PRECISIONS:
+        raise ValueError(f"launch.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {precision!r}")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
 def common_trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[str, Any]:
@@ -329,13 +343,14 @@ def common_trainer_arguments(profile: Profile, output_dir: Path, section: Any) -
         weight_decay=section.weight_decay,
         gradient_checkpointing=profile.sft.gradient_checkpointing,  # memory settings live in the SFT section
         gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=use_bf16(profile),
+        **mixed_precision_flags(profile),
         logging_steps=section.logging_steps,
         save_steps=section.save_steps,
         save_total_limit=2,
         seed=section.seed,
         data_seed=section.seed,
-        report_to="none",
+        report_to=profile.launch.report_to or "none",
+        run_name=f"{profile.name}/{Path(output_dir).parent.name}",  # e.g. full-4xa100/ava-grpo
         remove_unused_columns=False,  # the video path column must reach the collator / rewards
         use_cpu=modeling.pick_device(profile).type == "cpu",
         dataloader_num_workers=0,
@@ -392,6 +407,7 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     from transformers.trainer_utils import get_last_checkpoint
 
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    log_beside_checkpoints(trainer, output_dir / "logs")
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
@@ -399,6 +415,19 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
     return seconds, resume
+
+
+def log_beside_checkpoints(trainer: Any, logs: Path) -> None:
+    """Send the trackers' files to ``<stage>/logs`` (TensorBoard would otherwise write into
+    the checkpoint folder, Weights & Biases into the working directory). A resumed run
+    appends to the same place, so one TensorBoard view shows a requeued job as one curve."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(logs)
+    if "wandb" in trainer.args.report_to:
+        os.environ.setdefault("WANDB_DIR", str(logs))
 
 
 def write_marker(result: SFTResult, profile: Profile, base_model: str, fingerprint_value: str) -> None:
