@@ -53,12 +53,15 @@ def test_written_video_reads_back_faithful_frames_at_the_right_index(clip_path: 
         assert int(np.argmin(errors)) == index
 
 
-def test_writing_is_deterministic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_writing_is_deterministic(tmp_path: Path, suffix: str) -> None:
     frames = synthetic_frames()
-    first = write_video(frames, tmp_path / "a.mp4", FPS).read_bytes()
-    second = write_video(frames, tmp_path / "b.mp4", FPS).read_bytes()
+    first = write_video(frames, tmp_path / f"a{suffix}", FPS).read_bytes()
+    second = write_video(frames, tmp_path / f"b{suffix}", FPS).read_bytes()
     assert first == second
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4", "b.mp4"]  # no partial files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"a{suffix}", f"b{suffix}"]  # no partial files left
+    info = read_video_info(tmp_path / f"a{suffix}")
+    assert (info.num_frames, info.fps) == (len(frames), FPS)
 
 
 def test_odd_sizes_lose_their_last_row_and_column(tmp_path: Path) -> None:
@@ -72,8 +75,8 @@ def test_odd_sizes_lose_their_last_row_and_column(tmp_path: Path) -> None:
 def test_write_video_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="uint8"):
         write_video(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "x.mp4", FPS)
-    with pytest.raises(ValueError, match=".mp4"):
-        write_video(synthetic_frames(2), tmp_path / "x.avi", FPS)
+    with pytest.raises(ValueError, match=".mp4 or .avi"):
+        write_video(synthetic_frames(2), tmp_path / "x.mkv", FPS)
     with pytest.raises(ValueError, match="fps"):
         write_video(synthetic_frames(2), tmp_path / "x.mp4", 0.0)
 

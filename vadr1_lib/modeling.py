@@ -211,6 +211,12 @@ def load_processor(name_or_path: str | Path, profile: Profile) -> Qwen2_5_VLProc
     return processor
 
 
+# Module-name prefixes that stay unquantized. transformers matches them from the start of
+# the module's full name (or as its suffix), so the vision tower is "model.visual": a bare
+# "visual" matched nothing and quantized the whole tower.
+QLORA_UNQUANTIZED_MODULES = ["model.visual", "lm_head"]
+
+
 def quantization_config(profile: Profile) -> Any:
     """4-bit NF4 (QLoRA) for ``sft.mode == "qlora"``; None otherwise.
 
@@ -223,7 +229,7 @@ def quantization_config(profile: Profile) -> Any:
 
     compute = torch.bfloat16 if profile.model.dtype == "bfloat16" else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=["visual", "lm_head"])
+                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=QLORA_UNQUANTIZED_MODULES)
 
 
 def _load_base(name_or_path: str | Path, profile: Profile, quantize: bool) -> Qwen2_5_VLForConditionalGeneration:

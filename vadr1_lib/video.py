@@ -20,9 +20,9 @@ for inference. `VideoClip.sample_fps` carries the real rate of the sampled frame
 Qwen2.5-VL derives temporal position ids from the fps handed to the processor: frames
 passed without it are taken as 24 fps and their time positions collapse.
 
-Writing. OpenCV's 'mp4v' (MPEG-4 Part 2) writer: the same frames give byte-identical
-files, decord reads back the exact frame count and fps, and the pixel error is a few
-levels. The codec needs even frame sides, so an odd height or width loses its last row
+Writing. OpenCV's 'mp4v' (MPEG-4 Part 2) writer, in an MP4 or an AVI container (the
+release's videos come in both): the same frames give byte-identical files, decord reads
+back the exact frame count and fps, and the pixel error is a few levels. The codec needs even frame sides, so an odd height or width loses its last row
 or column (done here explicitly rather than left to the encoder).
 """
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # therefore makes every frame count a multiple of this.
 FRAME_FACTOR = 2
 
+WRITABLE_CONTAINERS = (".mp4", ".avi")
 _ISO_BMFF_HEADER_BYTES = 8
 _RIFF_HEADER = struct.Struct("<4sI4s")
 
@@ -293,15 +294,15 @@ def head_tail_trim(exclude_head: bool, fraction: float = 0.3) -> tuple[float, fl
 
 
 def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: float) -> Path:
-    """Write (T, H, W, 3) uint8 RGB frames to an .mp4 that decord reads back.
+    """Write (T, H, W, 3) uint8 RGB frames to an .mp4 or .avi file that decord reads back.
 
     Deterministic (same frames, same bytes). Odd heights or widths lose their last row or
     column, because the codec needs even sides. Written to a temporary name and renamed,
     so an interrupted run never leaves a half file under `path`.
     """
     path = Path(path)
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(f"write_video writes .mp4 files, got {path}")
+    if path.suffix.lower() not in WRITABLE_CONTAINERS:
+        raise ValueError(f"write_video writes {' or '.join(WRITABLE_CONTAINERS)} files, got {path}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be a (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
     if not (math.isfinite(fps) and fps > 0):
@@ -310,7 +311,7 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: float) ->
     if len(frames) == 0 or height == 0 or width == 0:
         raise ValueError(f"frames must hold at least one frame of at least 2x2 pixels, got {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}.mp4")
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
     try:
         if not writer.isOpened():
