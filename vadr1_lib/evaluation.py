@@ -1,18 +1,32 @@
-"""Scoring a predictions file against ground truth: the release's figures and strict ones.
+"""Scoring predictions against ground truth: the release's figures, and strict ones beside them.
 
-This is the single place where completions meet the metrics: each prediction is parsed
-once by :func:`vadr1_lib.parsing.parse_completion` (the parser the rewards use too) and
-the parsed values go to :mod:`vadr1_lib.metrics`.
+Each completion is read twice, because the two sets of figures answer two questions:
 
-Predictions may come from ``infer`` (rows with ``id`` and ``text``) or be a release-format
-file (``think`` + ``answer``), so ground truth can be scored against itself as a check that
-every figure reaches its maximum.
+- ``detection``, ``temporal`` and ``text`` are the release's evaluation, exactly
+  (``docs/fidelity.md``, "Evaluation"): only ground-truth videos that have a prediction
+  are scored (the others are counted in ``missing_predictions``), ``<which>`` and
+  ``<when>`` are read with the release's rules (:func:`vadr1_lib.metrics.release_reads_normal`,
+  :func:`vadr1_lib.metrics.release_reads_span`) and the text with
+  :func:`vadr1_lib.metrics.release_text_scores`. These are the numbers to set beside the
+  paper's.
+- ``strict`` reads each completion once with :func:`vadr1_lib.parsing.parse_completion`,
+  the parser the rewards use (whitespace-tolerant ``<which>``, spans checked to lie in
+  [0, 1] with start < end), and scores every ground-truth video, a missing prediction as
+  an empty output: detection, IoU over the abnormal videos only, fine-grained category
+  figures, cumulative smoothed BLEU-4, and bootstrap intervals. ``format.valid_rate``
+  (the template check of the format reward) is over every ground-truth video too.
+
+Predictions files: ``infer`` output (rows with ``id`` = ``source/video`` and ``text``), the
+release's prediction files (rows ``{"video", "output"}``, matched to ground truth by the
+video name alone, as the release does), or release-format annotation rows (``think`` +
+``answer``), so that ground truth can be scored against itself as a check that every
+figure reaches its maximum.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +38,41 @@ from vadr1_lib import dataset, metrics, parsing, taxonomy
 # Figures that get a bootstrap confidence interval (the ones tables report).
 CI_FIGURES = ("detection.accuracy", "detection.f1", "temporal.miou", "strict.temporal.miou", "text.bleu2", "text.meteor")
 
+# How a predictions file's keys name ground-truth videos.
+MATCH_BY_ID = "id"  # "source/video": infer output, release annotation rows
+MATCH_BY_VIDEO = "video"  # the video name alone: the release's prediction files
 
-def load_prediction_texts(path: Path) -> dict[str, str]:
-    """``source/video`` -> completion text, from ``infer`` output or a release-format file."""
+
+@dataclass(frozen=True)
+class PredictionTexts:
+    """The completions of one predictions file, keyed as ``match_by`` says."""
+
+    texts: dict[str, str]
+    match_by: str
+
+
+def _row_prediction(row: Any) -> tuple[str, str, str] | None:
+    """(kind of key, key, completion) of one predictions row, None when it is none of the three formats."""
+    if not isinstance(row, dict):
+        return None
+    if "id" in row and "text" in row:
+        return MATCH_BY_ID, row["id"], row["text"]
+    if "video" in row and "output" in row:
+        return MATCH_BY_VIDEO, row["video"], row["output"]
+    if "think" in row and "answer" in row and "source" in row and "video" in row:
+        return MATCH_BY_ID, f"{row['source']}/{row['video']}", row["think"] + "\n" + row["answer"]
+    return None
+
+
+def load_prediction_texts(path: Path) -> PredictionTexts:
+    """The completions of a predictions file in any of the three formats (module docstring).
+
+    Every row must be of the same format, name a video once, and hold strings; anything
+    else is an error naming the line, never a silently skipped row.
+    """
     texts: dict[str, str] = {}
+    lines_of: dict[str, int] = {}
+    match_by = None
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -35,13 +80,38 @@ def load_prediction_texts(path: Path) -> dict[str, str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if "text" in row and "id" in row:
-            texts[row["id"]] = row["text"]
-        elif "think" in row and "answer" in row:
-            texts[f"{row['source']}/{row['video']}"] = row["think"] + "\n" + row["answer"]
-        else:
-            raise ValueError(f"{path}:{number}: neither a prediction (id, text) nor a release row (think, answer)")
-    return texts
+        prediction = _row_prediction(row)
+        if prediction is None:
+            raise ValueError(f"{path}:{number}: not a prediction (id, text), a release prediction (video, output) "
+                             "or a release annotation row (source, video, think, answer)")
+        kind, key, text = prediction
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise ValueError(f"{path}:{number}: the video key and the completion must be strings, got "
+                             f"{type(key).__name__} and {type(text).__name__}")
+        if match_by is not None and kind != match_by:
+            raise ValueError(f"{path}:{number}: rows keyed by {kind!r} after rows keyed by {match_by!r}; "
+                             "one file holds one format")
+        if key in texts:
+            raise ValueError(f"{path}:{number}: a second prediction for {key!r} (the first is on line {lines_of[key]})")
+        match_by, texts[key], lines_of[key] = kind, text, number
+    return PredictionTexts(texts, match_by or MATCH_BY_ID)
+
+
+def _prediction_key(record: dataset.SFTRecord, match_by: str) -> str:
+    if match_by == MATCH_BY_ID:
+        return f"{record.source}/{record.video}"
+    if match_by == MATCH_BY_VIDEO:
+        return record.video
+    raise ValueError(f"match_by must be {MATCH_BY_ID!r} or {MATCH_BY_VIDEO!r}, got {match_by!r}")
+
+
+@dataclass(frozen=True)
+class ReleaseScore:
+    """One video under the release's evaluation."""
+
+    pred_abnormal: bool
+    iou: float
+    text: dict[str, float] | None
 
 
 @dataclass(frozen=True)
@@ -49,51 +119,77 @@ class VideoScore:
     """Everything measured on one test video, kept so that any figure can be bootstrapped."""
 
     id: str
-    format_valid: bool
     gt_abnormal: bool
-    pred_abnormal: bool
     gt_category: str
+    release: ReleaseScore | None  # None: no prediction, so the release skips the video
+    # Strict, with a missing prediction read as an empty output:
+    format_valid: bool
+    pred_abnormal: bool
     pred_category: str
-    release_iou: float
     strict_iou: float | None  # abnormal ground truth only
-    text: dict[str, float] | None
+    strict_bleu4: float | None  # None without text metrics
 
 
-def score_videos(texts: dict[str, str], truth: Sequence[dataset.SFTRecord], *, text_metrics: bool = True) -> list[VideoScore]:
-    """Score each ground-truth video; a video without a prediction is scored as an empty output."""
+def score_videos(texts: Mapping[str, str], truth: Sequence[dataset.SFTRecord], *, match_by: str = MATCH_BY_ID,
+                 text_metrics: bool = True) -> list[VideoScore]:
+    """Score each ground-truth video with both readings (module docstring)."""
+    keys = [_prediction_key(record, match_by) for record in truth]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        raise ValueError(f"ground truth names {repeated[:5]} more than once: predictions keyed by {match_by!r} "
+                         "cannot tell those videos apart")
     scores = []
-    for record in truth:
-        video_id = f"{record.source}/{record.video}"
-        completion = texts.get(video_id, "")
-        parsed = parsing.parse_completion(completion)
-        pred_abnormal = metrics.is_predicted_abnormal(parsed.which)
-        # Ground truth at the precision the answer format can express (3 decimals, the
-        # release's <when>), so that an exact answer scores IoU 1.
-        gt_span = record.span_fraction if record.is_abnormal else None
-        strict = metrics.strict_video_iou(gt_span, pred_abnormal, parsed.span) if gt_span else None
+    for record, key in zip(truth, keys):
+        completion = texts.get(key)
+        parsed = parsing.parse_completion(completion or "")
+        # Ground truth at the precision the answer format can express (3 decimals, as the
+        # release rounds it), so that an exact answer scores IoU 1.
+        gt_span = record.span_fraction
+        release = None
+        if completion is not None:
+            pred_abnormal = not metrics.release_reads_normal(completion)
+            release = ReleaseScore(
+                pred_abnormal=pred_abnormal,
+                iou=metrics.release_video_iou(record.is_abnormal, gt_span, pred_abnormal,
+                                              metrics.release_reads_span(completion)),
+                text=metrics.release_text_scores(record.think, record.answer, completion) if text_metrics else None,
+            )
         scores.append(VideoScore(
-            id=video_id,
-            format_valid=parsed.format_valid,
+            id=_prediction_key(record, MATCH_BY_ID),
             gt_abnormal=record.is_abnormal,
-            pred_abnormal=pred_abnormal,
             gt_category=record.category,
+            release=release,
+            format_valid=parsed.format_valid,
+            pred_abnormal=not parsed.is_normal,
             pred_category=taxonomy.normalize_label(parsed.which, lenient=True) if parsed.which else taxonomy.UNKNOWN,
-            release_iou=metrics.release_video_iou(record.is_abnormal, gt_span, pred_abnormal, parsed.span),
-            strict_iou=strict,
-            text=metrics.text_scores(record.target_text, completion) if text_metrics else None,
+            strict_iou=(metrics.strict_video_iou(gt_span, not parsed.is_normal, parsed.span)
+                        if record.is_abnormal else None),
+            strict_bleu4=metrics.strict_text_bleu4(record.target_text, completion or "") if text_metrics else None,
         ))
     return scores
 
 
+def _scored(scores: Sequence[VideoScore]) -> list[VideoScore]:
+    """The videos the release's figures cover: those with a prediction."""
+    scored = [s for s in scores if s.release is not None]
+    if not scored:
+        raise ValueError("no ground-truth video has a prediction: the release's figures are undefined")
+    return scored
+
+
 def _figures(scores: Sequence[VideoScore]) -> dict[str, Any]:
-    """All figures of a set of scored videos (called once, then on each bootstrap resample)."""
-    detection = metrics.detection_scores([s.gt_abnormal for s in scores], [s.pred_abnormal for s in scores])
+    """All figures of a set of scored videos."""
+    scored = _scored(scores)
+    release = [s.release for s in scored]
     result: dict[str, Any] = {
         "videos": len(scores),
+        "scored_videos": len(scored),
+        "missing_predictions": len(scores) - len(scored),
         "format": {"valid_rate": float(np.mean([s.format_valid for s in scores]))},
-        "detection": detection,
-        "temporal": metrics.temporal_scores([s.release_iou for s in scores]),
+        "detection": metrics.detection_scores([s.gt_abnormal for s in scored], [r.pred_abnormal for r in release]),
+        "temporal": metrics.temporal_scores([r.iou for r in release]),
         "strict": {
+            "detection": metrics.detection_scores([s.gt_abnormal for s in scores], [s.pred_abnormal for s in scores]),
             "category": {k: v for k, v in metrics.category_scores([s.gt_category for s in scores],
                                                                  [s.pred_category for s in scores]).items()
                          if k != "per_label_f1"},
@@ -102,67 +198,75 @@ def _figures(scores: Sequence[VideoScore]) -> dict[str, Any]:
     strict_ious = [s.strict_iou for s in scores if s.strict_iou is not None]
     if strict_ious:
         result["strict"]["temporal"] = metrics.temporal_scores(strict_ious)
-    if scores and scores[0].text is not None:
-        result["text"] = {name: float(np.mean([s.text[name] for s in scores])) for name in metrics.TEXT_METRICS
-                          if name != "strict_bleu4"}
-        result["strict"]["bleu4_smoothed"] = float(np.mean([s.text["strict_bleu4"] for s in scores]))
+    if release[0].text is not None:
+        result["text"] = {name: float(np.mean([r.text[name] for r in release])) for name in metrics.TEXT_METRICS}
+        result["strict"]["bleu4_smoothed"] = float(np.mean([s.strict_bleu4 for s in scores]))
+        result["sentence_splitter"] = metrics.sentence_splitter_name()
     return result
 
 
-def _resampled_figure(name: str, scores: Sequence[VideoScore]) -> Callable[[Sequence[int]], float] | None:
-    """One headline figure as a function of resampled video indices (cheap enough for 1000 resamples)."""
-    gt = np.array([s.gt_abnormal for s in scores])
-    pred = np.array([s.pred_abnormal for s in scores])
-    if name == "detection.accuracy":
-        return lambda idx: float(np.mean(gt[idx] == pred[idx]))
-    if name == "detection.f1":
-        return lambda idx: metrics.detection_scores(gt[idx], pred[idx])["f1"]
-    if name == "temporal.miou":
-        ious = np.array([s.release_iou for s in scores])
-        return lambda idx: float(np.mean(ious[idx]))
+def _resampled_figure(name: str, scores: Sequence[VideoScore]) -> tuple[Callable[[Sequence[int]], float], int] | None:
+    """One headline figure as a function of resampled video indices, and how many videos
+    it resamples (cheap enough for 1000 resamples); None when the figure was not computed."""
     if name == "strict.temporal.miou":
         strict = np.array([s.strict_iou for s in scores if s.strict_iou is not None])
-        return (lambda idx: float(np.mean(strict[idx]))) if len(strict) else None
-    if name.startswith("text.") and scores[0].text is not None:
-        values = np.array([s.text[name.split(".", 1)[1]] for s in scores])
-        return lambda idx: float(np.mean(values[idx]))
+        return ((lambda idx: float(np.mean(strict[idx]))), len(strict)) if len(strict) else None
+    scored = _scored(scores)
+    gt = np.array([s.gt_abnormal for s in scored])
+    pred = np.array([s.release.pred_abnormal for s in scored])
+    if name == "detection.accuracy":
+        return (lambda idx: float(np.mean(gt[idx] == pred[idx]))), len(scored)
+    if name == "detection.f1":
+        return (lambda idx: metrics.detection_scores(gt[idx], pred[idx])["f1"]), len(scored)
+    if name == "temporal.miou":
+        ious = np.array([s.release.iou for s in scored])
+        return (lambda idx: float(np.mean(ious[idx]))), len(scored)
+    if name.startswith("text.") and scored[0].release.text is not None:
+        values = np.array([s.release.text[name.split(".", 1)[1]] for s in scored])
+        return (lambda idx: float(np.mean(values[idx]))), len(scored)
     return None
 
 
-def evaluate(texts: dict[str, str], truth: Sequence[dataset.SFTRecord], *, text_metrics: bool = True,
-             bootstrap_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """The release's figures, the strict ones, and 95% bootstrap intervals for the headline figures."""
+def evaluate(texts: Mapping[str, str], truth: Sequence[dataset.SFTRecord], *, match_by: str = MATCH_BY_ID,
+             text_metrics: bool = True, bootstrap_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The release's figures, the strict ones, and 95% bootstrap intervals for the headline figures.
+
+    ``texts`` maps prediction keys (``source/video``, or the video name alone with
+    ``match_by="video"``) to completions. Raises ValueError when there is no ground truth
+    or no ground-truth video has a prediction.
+    """
     if not truth:
         raise ValueError("no ground-truth videos to evaluate")
-    scores = score_videos(texts, truth, text_metrics=text_metrics)
+    scores = score_videos(texts, truth, match_by=match_by, text_metrics=text_metrics)
     figures = _figures(scores)
-    figures["missing_predictions"] = sum(f"{r.source}/{r.video}" not in texts for r in truth)
-    figures["unmatched_predictions"] = len(set(texts) - {f"{r.source}/{r.video}" for r in truth})
+    figures["unmatched_predictions"] = len(set(texts) - {_prediction_key(record, match_by) for record in truth})
     if bootstrap_resamples > 0:
         intervals = {}
         for name in CI_FIGURES:
-            metric = _resampled_figure(name, scores)
-            if metric is None:
-                continue
-            # strict.temporal.miou lives on the abnormal videos only: resample those.
-            n = sum(s.strict_iou is not None for s in scores) if name.startswith("strict.") else len(scores)
-            intervals[name] = list(metrics.bootstrap_ci(metric, n, n_resamples=bootstrap_resamples, seed=seed))
+            resampled = _resampled_figure(name, scores)
+            if resampled is not None:
+                metric, n = resampled
+                intervals[name] = list(metrics.bootstrap_ci(metric, n, n_resamples=bootstrap_resamples, seed=seed))
         figures["strict"]["ci95"] = intervals
     return figures
 
 
-def evaluate_files(pred_file: Path, gt_file: Path, **kwargs: Any) -> dict[str, Any]:
-    return evaluate(load_prediction_texts(pred_file), dataset.load_sft(gt_file), **kwargs)
+def evaluate_file(pred_file: Path, truth: Sequence[dataset.SFTRecord], **kwargs: Any) -> dict[str, Any]:
+    """``evaluate`` on a predictions file of any of the three formats (the ``evaluate`` command)."""
+    predictions = load_prediction_texts(Path(pred_file))
+    return evaluate(predictions.texts, truth, match_by=predictions.match_by, **kwargs)
 
 
 TABLE_ROWS = (
-    ("format valid", "format.valid_rate"), ("accuracy", "detection.accuracy"), ("precision", "detection.precision"),
-    ("recall", "detection.recall"), ("F1", "detection.f1"), ("mIoU (release)", "temporal.miou"),
-    ("R@0.3", "temporal.r@0.3"), ("R@0.5", "temporal.r@0.5"), ("R@0.7", "temporal.r@0.7"),
-    ("mIoU (strict)", "strict.temporal.miou"), ("category acc. (strict)", "strict.category.accuracy"),
-    ("category macro-F1 (strict)", "strict.category.macro_f1"), ("BLEU-1", "text.bleu1"), ("BLEU-2", "text.bleu2"),
-    ("BLEU-3", "text.bleu3"), ("BLEU-4", "text.bleu4"), ("BLEU-4 smoothed (strict)", "strict.bleu4_smoothed"),
-    ("METEOR", "text.meteor"), ("ROUGE-1", "text.rouge1"), ("ROUGE-2", "text.rouge2"), ("ROUGE-L", "text.rougeL"),
+    ("videos scored", "scored_videos"), ("format valid", "format.valid_rate"), ("accuracy", "detection.accuracy"),
+    ("precision", "detection.precision"), ("recall", "detection.recall"), ("F1", "detection.f1"),
+    ("mIoU (release)", "temporal.miou"), ("R@0.3", "temporal.r@0.3"), ("R@0.5", "temporal.r@0.5"),
+    ("R@0.7", "temporal.r@0.7"), ("accuracy (strict)", "strict.detection.accuracy"),
+    ("F1 (strict)", "strict.detection.f1"), ("mIoU (strict)", "strict.temporal.miou"),
+    ("category acc. (strict)", "strict.category.accuracy"), ("category macro-F1 (strict)", "strict.category.macro_f1"),
+    ("BLEU-1", "text.bleu1"), ("BLEU-2", "text.bleu2"), ("BLEU-3", "text.bleu3"), ("BLEU-4", "text.bleu4"),
+    ("BLEU-4 smoothed (strict)", "strict.bleu4_smoothed"), ("METEOR", "text.meteor"), ("ROUGE-1", "text.rouge1"),
+    ("ROUGE-2", "text.rouge2"), ("ROUGE-L", "text.rougeL"),
 )
 
 
@@ -176,19 +280,23 @@ def figure(figures: dict[str, Any], dotted: str) -> float | None:
     return figure(figures.get(head), rest) if dot else None
 
 
+def _cell(value: float | None, interval: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):  # a count
+        return str(value)
+    return f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """Models side by side, one figure per row, with the 95% interval where one was computed."""
     names = list(results)
     width = max(14, *(len(n) for n in names))
     lines = [f"{'':28s}" + "".join(f"{n:>{width + 16}s}" for n in names)]
     for label, key in TABLE_ROWS:
-        cells = []
-        for name in names:
-            value = figure(results[name], key)
-            interval = figure(results[name], "strict.ci95").get(key) if figure(results[name], "strict.ci95") else None
-            cell = "-" if value is None else f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
-            cells.append(f"{cell:>{width + 16}s}")
-        lines.append(f"{label:28s}" + "".join(cells))
+        cells = [_cell(figure(results[name], key), (figure(results[name], "strict.ci95") or {}).get(key))
+                 for name in names]
+        lines.append(f"{label:28s}" + "".join(f"{cell:>{width + 16}s}" for cell in cells))
     return "\n".join(lines)
 
 
@@ -197,7 +305,7 @@ def evaluate_predictions_file(pred_file: Path, truth: Sequence[dataset.SFTRecord
     from vadr1_lib import inference
 
     rows = inference.read_predictions(Path(pred_file))
-    wanted = {f"{r.source}/{r.video}" for r in truth}
+    wanted = {_prediction_key(record, MATCH_BY_ID) for record in truth}
     result = evaluate({row["id"]: row["text"] for row in rows if row["id"] in wanted}, truth, **kwargs)
     result["tokens_per_answer"] = float(np.mean([row["new_tokens"] for row in rows])) if rows else None
     return result

@@ -1,38 +1,51 @@
-"""Evaluation metrics: the Vad-R1 release protocol, and stricter figures beside it.
+"""Evaluation metrics: the Vad-R1 release's figures, and stricter figures beside them.
 
-Everything here takes plain values (booleans, spans, strings), not parsed completions,
-so each definition can be checked by hand; wiring parser output to these functions is
-the caller's job.
+Most functions take plain values (booleans, spans, token lists), not parsed completions, so
+each definition can be checked by hand; wiring completions to them is
+:mod:`vadr1_lib.evaluation`'s job. The exception is the release's own reading of an output
+(its ``<which>``, ``<when>`` and tag removal), which lives here because it is part of the
+release's evaluation, not of the project's parser: :mod:`vadr1_lib.parsing` stays the one
+reading used by the rewards and the strict figures.
 
-Release protocol (REFERENCE.md, "Evaluation protocol of the release"):
-- detection: binary, Abnormal is the positive class, a prediction is Abnormal unless
-  ``<which>`` says exactly ``Normal``;
-- temporal: IoU against [start/total, end/total], with [0, 1] standing for "the whole
-  video" on both sides for normal videos, averaged over ALL videos (so each correctly
-  classified normal video adds an IoU of 1);
-- text: tags removed, lowercased, word-tokenized, single-order sentence BLEU-1..4 without
-  smoothing, NLTK METEOR, ROUGE-1/2/L F-scores; outputs shorter than 5 characters score 0.
+The release's evaluation, exactly (``docs/fidelity.md``, "Evaluation"):
+
+- reading: :func:`release_reads_normal` (the first ``<which>…</which>`` holds exactly
+  ``Normal``; no stripping, no case folding) and :func:`release_reads_span` (the first
+  ``<when>[a, b]</when>`` with digits and dots; anything else is [0, 0]; no range check);
+- detection: binary, Abnormal is the positive class;
+- temporal: IoU against [start/total, end/total] rounded to 3 decimals, [0, 1] standing
+  for the whole video on both sides for normal videos, averaged over every scored video
+  (so each correctly classified normal video adds an IoU of 1);
+- text (:func:`release_text_scores`): tags and newlines deleted (words on either side of a
+  newline are glued, as in the release), outputs under 5 characters score 0, lowercased
+  and word-tokenized for single-order sentence BLEU-1..4 without smoothing and NLTK
+  METEOR, original case for ROUGE-1/2/L F-scores from the ``rouge`` package.
 
 Strict figures, always labelled ``strict``: temporal IoU over abnormal ground-truth
-videos only, cumulative smoothed BLEU-4, fine-grained category accuracy and macro-F1,
-and bootstrap confidence intervals over videos.
+videos only, with range-checked spans; cumulative smoothed BLEU-4 on text whose tags
+become spaces; fine-grained category accuracy and macro-F1; bootstrap confidence
+intervals over videos.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import re
+import sys
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import nltk
 import numpy as np
 from nltk.tokenize import NLTKWordTokenizer
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from nltk.translate.meteor_score import meteor_score
+from rouge import Rouge
 
-from vadr1_lib.parsing import says_normal
+from vadr1_lib.prompts import NORMAL_LABEL
 from vadr1_lib.wordnet import ensure_wordnet
 
 Span = tuple[float, float]
@@ -41,20 +54,50 @@ WHOLE_VIDEO: Span = (0.0, 1.0)
 MISSING_SPAN: Span = (0.0, 0.0)
 DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SCORED_CHARS = 5
-TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL", "strict_bleu4")
+TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL")
+
+# ---------------------------------------------------------------------------------------
+# The release's reading of an output
+
+# Shortest match, across lines; the closing tag is required.
+_RELEASE_WHICH = re.compile(r"<which>(.*?)</which>", re.S)
+# Digits and dots on each side, optional spaces around the comma only, closing tag required.
+_RELEASE_WHEN = re.compile(r"<when>\[([\d.]+)\s*,\s*([\d.]+)\]</when>")
+
+
+def release_reads_normal(output: str) -> bool:
+    """The release's detection rule: the first ``<which>…</which>`` holds exactly ``Normal``.
+
+    No whitespace stripping and no case folding: ``<which> Normal </which>`` and
+    ``<which>normal</which>`` are Abnormal, and so is an output without a closed
+    ``<which>``. The tag is looked for anywhere in the output, not only inside
+    ``<answer>``. (The project's own reading, :func:`vadr1_lib.parsing.says_normal`,
+    forgives surrounding whitespace; it is the one the rewards and the strict figures use.)
+    """
+    match = _RELEASE_WHICH.search(output)
+    return match is not None and match.group(1) == NORMAL_LABEL
+
+
+def release_reads_span(output: str) -> Span:
+    """The release's ``<when>``: the first ``<when>[a, b]</when>`` anywhere in the output.
+
+    a and b are runs of digits and dots, with optional spaces around the comma and none
+    elsewhere (``<when> [0.2, 0.6]</when>`` and ``[ 0.2, 0.6 ]`` do not match). Anything
+    else, including a run that is not a number such as ``1.2.3``, gives [0, 0]. Values
+    are used as they are: no order check (a reversed span scores IoU 0) and no range
+    check (``[0.2, 1.5]`` is compared as it stands).
+    """
+    match = _RELEASE_WHEN.search(output)
+    if match is None:
+        return MISSING_SPAN
+    try:
+        return float(match.group(1)), float(match.group(2))
+    except ValueError:
+        return MISSING_SPAN
+
 
 # ---------------------------------------------------------------------------------------
 # Detection
-
-
-def is_predicted_abnormal(which: str | None) -> bool:
-    """The release's rule: Abnormal unless ``<which>`` is exactly ``Normal``.
-
-    Anything else counts as Abnormal: a category name, ``Abnormal``, a misspelling, an
-    empty tag or no ``<which>`` at all (None). Only surrounding whitespace is ignored;
-    ``normal`` in lower case is Abnormal, as in the release.
-    """
-    return not says_normal(which)
 
 
 def detection_scores(y_true_abnormal: Sequence[bool], y_pred_abnormal: Sequence[bool]) -> dict[str, float]:
@@ -85,15 +128,6 @@ def detection_scores(y_true_abnormal: Sequence[bool], y_pred_abnormal: Sequence[
 # Temporal grounding
 
 
-def gt_span_from_frames(start: int, end: int, total_frames: int) -> Span:
-    """The release's ground-truth span of an abnormal video: [start/total, end/total]."""
-    if total_frames <= 0:
-        raise ValueError(f"total_frames must be positive, got {total_frames}")
-    if not 0 <= start <= end <= total_frames:
-        raise ValueError(f"need 0 <= start <= end <= total_frames, got {start}, {end}, {total_frames}")
-    return (start / total_frames, end / total_frames)
-
-
 def temporal_iou(pred_span: Span, gt_span: Span) -> float:
     """overlap / (max end - min start), the release's IoU; 0.0 when that hull is 0.
 
@@ -106,23 +140,26 @@ def temporal_iou(pred_span: Span, gt_span: Span) -> float:
     return overlap / hull if hull > 0 else 0.0
 
 
-def release_video_iou(gt_abnormal: bool, gt_span: Span | None, pred_abnormal: bool, pred_span: Span | None) -> float:
+def release_video_iou(gt_abnormal: bool, gt_span: Span | None, pred_abnormal: bool, pred_span: Span) -> float:
     """One video's IoU under the release's conventions.
 
-    A wrong class scores 0. Normal videos are compared as [0, 1] against a predicted
-    Normal's [0, 1], so a correct Normal scores 1 (``gt_span`` and ``pred_span`` are
-    ignored there). An Abnormal prediction with no ``<when>`` (``pred_span`` None) is
-    taken as [0, 0], which scores 0.
+    A wrong class scores 0. A predicted Normal stands for [0, 1] whatever ``<when>`` it
+    also wrote, so a correctly classified normal video ([0, 1] against [0, 1]) scores 1
+    and ``pred_span`` is ignored there. An Abnormal prediction is compared as its span
+    reads (:func:`release_reads_span`: [0, 0] when ``<when>`` is missing or malformed,
+    reversed or out-of-range values as they are).
     """
     if bool(gt_abnormal) != bool(pred_abnormal):
         return 0.0
     if not gt_abnormal:
         return temporal_iou(WHOLE_VIDEO, WHOLE_VIDEO)
-    return temporal_iou(pred_span if pred_span is not None else MISSING_SPAN, _checked_gt_span(gt_span))
+    return temporal_iou(pred_span, _checked_gt_span(gt_span))
 
 
 def strict_video_iou(gt_span: Span, pred_abnormal: bool, pred_span: Span | None) -> float:
-    """Strict IoU of an abnormal ground-truth video: 0 if predicted Normal or no span."""
+    """Strict IoU of an abnormal ground-truth video: 0 if predicted Normal or without a
+    valid span (``pred_span`` None: :func:`vadr1_lib.parsing.parse_completion` found no
+    ``<when>`` inside [0, 1] with start < end)."""
     if not pred_abnormal or pred_span is None:
         return 0.0
     return temporal_iou(pred_span, _checked_gt_span(gt_span))
@@ -143,73 +180,64 @@ def temporal_scores(ious: Sequence[float], thresholds: Sequence[float] = DEFAULT
     return scores
 
 
-def release_temporal_scores(
-    gt_abnormal: Sequence[bool], gt_spans: Sequence[Span | None],
-    pred_abnormal: Sequence[bool], pred_spans: Sequence[Span | None],
-    thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-) -> dict[str, float]:
-    """The release's temporal figures: ``release_video_iou`` averaged over ALL videos."""
-    _check_same_length(gt_abnormal, gt_spans, "gt_abnormal", "gt_spans")
-    _check_same_length(gt_abnormal, pred_abnormal, "gt_abnormal", "pred_abnormal")
-    _check_same_length(gt_abnormal, pred_spans, "gt_abnormal", "pred_spans")
-    ious = [release_video_iou(*video) for video in zip(gt_abnormal, gt_spans, pred_abnormal, pred_spans)]
-    return temporal_scores(ious, thresholds)
-
-
-def strict_temporal_scores(
-    gt_abnormal: Sequence[bool], gt_spans: Sequence[Span | None],
-    pred_abnormal: Sequence[bool], pred_spans: Sequence[Span | None],
-    thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
-) -> dict[str, float]:
-    """Strict temporal figures: ``strict_video_iou`` over abnormal ground-truth videos only.
-
-    Normal videos are left out, so a model cannot earn temporal credit by saying Normal.
-    Raises ValueError when no ground-truth video is abnormal (the figure is undefined).
-    """
-    _check_same_length(gt_abnormal, gt_spans, "gt_abnormal", "gt_spans")
-    _check_same_length(gt_abnormal, pred_abnormal, "gt_abnormal", "pred_abnormal")
-    _check_same_length(gt_abnormal, pred_spans, "gt_abnormal", "pred_spans")
-    ious = [
-        strict_video_iou(gt_span, pred, pred_span)
-        for truth, gt_span, pred, pred_span in zip(gt_abnormal, gt_spans, pred_abnormal, pred_spans)
-        if truth
-    ]
-    if not ious:
-        raise ValueError("strict temporal scores need at least one abnormal ground-truth video")
-    return temporal_scores(ious, thresholds)
-
-
 # ---------------------------------------------------------------------------------------
 # Reasoning text
 
+# From a "<" to the next ">" on the same line (the idiom re.sub(r"<.*?>", "", text)).
+_RELEASE_TAG = re.compile(r"<.*?>")
 _TAG = re.compile(r"<[^<>]+>")
-_sentence_splitter = PunktSentenceTokenizer()
 _word_tokenizer = NLTKWordTokenizer()
+PUNKT_MODEL = "tokenizers/punkt_tab/english/"
+
+
+def release_strip_tags(text: str) -> str:
+    """The release's tag removal: every ``<…>`` run deleted, then every newline deleted.
+
+    Nothing is put in their place, so ``runs.</step1>\n<step2>He`` becomes ``runs.He``:
+    words on either side of a newline are glued into one token, as in the release.
+    """
+    return _RELEASE_TAG.sub("", text).replace("\n", "")
 
 
 def strip_tags(text: str) -> str:
-    """Remove every ``<...>`` tag (``<think>``, ``<step1>``, ``</which>``, ...).
+    """The strict figures' tag removal: every ``<...>`` tag becomes a space, not nothing.
 
-    Each tag becomes a space, not nothing, so ``scene.</step1><step2>Next`` does not
-    glue two sentences into one token; whitespace is then collapsed.
+    So ``scene.</step1><step2>Next`` does not glue two sentences into one token;
+    whitespace is then collapsed.
     """
     return " ".join(_TAG.sub(" ", text).split())
 
 
-def normalise_text(text: str) -> list[str]:
-    """Lowercase and word-tokenize as ``nltk.word_tokenize`` does, without NLTK data.
+@functools.cache
+def _sentence_splitter() -> tuple[str, PunktSentenceTokenizer]:
+    """NLTK's trained English Punkt model when NLTK has it, else an untrained Punkt.
 
-    The release used ``word_tokenize``: Punkt sentence splitting with NLTK's trained
-    English model (the ``punkt_tab`` download), then the Treebank-style
-    ``NLTKWordTokenizer`` on each sentence. ``punkt_tab`` cannot be downloaded here, and
-    metric values must not depend on which machine has it, so the sentences are split by
-    an untrained ``PunktSentenceTokenizer``, which needs no data. Sentence splitting only
-    decides whether a period is split off its word; the untrained splitter differs from
-    the English model mainly at abbreviations the model knows (``st.``, ``e.g.``), where
-    it splits the period off and the release did not.
+    ``nltk.word_tokenize``, which the release used, splits sentences with the trained
+    model (the ``punkt_tab`` download). Where that cannot be downloaded, an untrained
+    ``PunktSentenceTokenizer`` needs no data; sentence splitting only decides whether a
+    period is split off its word, and the untrained splitter differs from the English
+    model mainly at abbreviations the model knows (``st.``, ``e.g.``), where it splits the
+    period off and the release did not. Which one ran is reported with the figures.
     """
-    lowered = text.lower()
-    return [token for sentence in _sentence_splitter.tokenize(lowered) for token in _word_tokenizer.tokenize(sentence)]
+    try:
+        nltk.data.find(PUNKT_MODEL)
+    except LookupError:
+        return "untrained Punkt (NLTK's punkt_tab model is not installed)", PunktSentenceTokenizer()
+    from nltk.tokenize import PunktTokenizer
+
+    return "NLTK's trained English Punkt model (punkt_tab), as nltk.word_tokenize", PunktTokenizer("english")
+
+
+def sentence_splitter_name() -> str:
+    """Which sentence splitter :func:`normalise_text` uses on this machine."""
+    return _sentence_splitter()[0]
+
+
+def normalise_text(text: str) -> list[str]:
+    """Lowercase, then word-tokenize as ``nltk.word_tokenize`` does: Punkt sentences, then
+    the Treebank-style ``NLTKWordTokenizer`` on each (see :func:`_sentence_splitter`)."""
+    sentences = _sentence_splitter()[1].tokenize(text.lower())
+    return [token for sentence in sentences for token in _word_tokenizer.tokenize(sentence)]
 
 
 def bleu_n(reference: Sequence[str], hypothesis: Sequence[str], n: int) -> float:
@@ -233,6 +261,7 @@ def strict_bleu4(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
 
     Cumulative BLEU is the geometric mean over orders 1..4, the usual MT definition;
     method 1 adds 0.1 to zero n-gram counts so that one missing order does not zero it.
+    An empty hypothesis scores 0.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -251,75 +280,55 @@ def meteor(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
     return float(meteor_score([list(reference)], list(hypothesis)))
 
 
-def rouge_n(reference: Sequence[str], hypothesis: Sequence[str], n: int) -> float:
-    """ROUGE-N F1: clipped n-gram overlap, precision over hypothesis and recall over reference.
+def release_rouge(reference: str, hypothesis: str) -> dict[str, float]:
+    """ROUGE-1/2/L F-scores from the ``rouge`` package: ``Rouge().get_scores(hypothesis, reference)``.
 
-    Implemented here (not with ``rouge_score``) so that ROUGE sees the same tokens as
-    BLEU and METEOR; on the same tokens it equals ``rouge_score``'s F-measure.
+    The package does its own tokenization on the text as given (the release passes it in
+    its original case): sentences are the pieces between periods, words the pieces
+    between spaces, n-grams are counted once each (sets), and ROUGE-L is the
+    summary-level union LCS over sentence pairs. Its F-score divides by p + r + 1e-8, so
+    identical texts score just under 1.
+
+    A hypothesis made only of periods has no sentence, which the package refuses; having
+    no word at all, it scores 0. The package's LCS backtracking recurses once per word of
+    a sentence pair, so the recursion limit is raised for the call to what the two texts
+    can need (the release would stop with RecursionError on an output of about a
+    thousand words without a period).
     """
-    reference_ngrams = _ngrams(reference, n)
-    hypothesis_ngrams = _ngrams(hypothesis, n)
-    overlap = sum((reference_ngrams & hypothesis_ngrams).values())
-    return _f1(overlap, sum(hypothesis_ngrams.values()), sum(reference_ngrams.values()))
+    if not any(piece for piece in hypothesis.split(".")):
+        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    with _recursion_headroom(len(reference.split()) + len(hypothesis.split())):
+        scores = Rouge().get_scores(hypothesis, reference)[0]
+    return {"rouge1": scores["rouge-1"]["f"], "rouge2": scores["rouge-2"]["f"], "rougeL": scores["rouge-l"]["f"]}
 
 
-def rouge_l(reference: Sequence[str], hypothesis: Sequence[str]) -> float:
-    """ROUGE-L F1: longest common subsequence over the whole token sequences."""
-    return _f1(lcs_length(reference, hypothesis), len(hypothesis), len(reference))
+def release_text_scores(think: str, answer: str, output: str) -> dict[str, float]:
+    """Every text figure of one video as the release computes it (``TEXT_METRICS``).
 
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence, bit-parallel (Allison-Dix / Hyyro).
-
-    Reasoning texts run to hundreds of tokens; the quadratic table in pure Python costs
-    tens of milliseconds per pair, this costs well under one. Bit i of ``row`` is 0 where
-    the LCS of ``a[:i+1]`` with the tokens of ``b`` seen so far gains a match.
+    Ground truth: the tag-free think immediately followed by the tag-free answer;
+    prediction: the tag-free output (:func:`release_strip_tags`). A prediction of fewer
+    than ``MIN_SCORED_CHARS`` characters once tags and newlines are gone scores 0
+    everywhere; spaces count as characters, as in the release. BLEU and METEOR see
+    lowercased word tokens (:func:`normalise_text`), ROUGE the text in its original case.
     """
-    if not a or not b:
-        return 0
-    match_masks: dict[str, int] = {}
-    for position, token in enumerate(a):
-        match_masks[token] = match_masks.get(token, 0) | (1 << position)
-    all_ones = (1 << len(a)) - 1
-    row = all_ones
-    for token in b:
-        matches = row & match_masks.get(token, 0)
-        row = ((row + matches) | (row - matches)) & all_ones
-    return len(a) - bin(row).count("1")
-
-
-def text_scores(reference: str, hypothesis: str) -> dict[str, float]:
-    """Every text metric of one video: ground truth (think + answer) vs the model output.
-
-    Both texts are raw, tags included. A hypothesis shorter than ``MIN_SCORED_CHARS``
-    characters once tags and surrounding whitespace are removed scores 0 everywhere (the
-    release's rule; applied after tag removal because that is the text being scored, so
-    an output made only of tags also scores 0).
-    """
-    reference_tokens = normalise_text(strip_tags(reference))
+    reference = release_strip_tags(think) + release_strip_tags(answer)
+    reference_tokens = normalise_text(reference)
     if not reference_tokens:
         raise ValueError("the reference text is empty once tags are removed")
-    hypothesis_text = strip_tags(hypothesis)
-    if len(hypothesis_text) < MIN_SCORED_CHARS:
+    hypothesis = release_strip_tags(output)
+    if len(hypothesis) < MIN_SCORED_CHARS:
         return dict.fromkeys(TEXT_METRICS, 0.0)
-    hypothesis_tokens = normalise_text(hypothesis_text)
+    hypothesis_tokens = normalise_text(hypothesis)
     scores = {f"bleu{n}": bleu_n(reference_tokens, hypothesis_tokens, n) for n in range(1, 5)}
     scores["meteor"] = meteor(reference_tokens, hypothesis_tokens)
-    scores["rouge1"] = rouge_n(reference_tokens, hypothesis_tokens, 1)
-    scores["rouge2"] = rouge_n(reference_tokens, hypothesis_tokens, 2)
-    scores["rougeL"] = rouge_l(reference_tokens, hypothesis_tokens)
-    scores["strict_bleu4"] = strict_bleu4(reference_tokens, hypothesis_tokens)
+    scores.update(release_rouge(reference, hypothesis))
     return scores
 
 
-def mean_text_scores(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
-    """``text_scores`` averaged over (reference, hypothesis) pairs, plus their count ``n``."""
-    per_video = [text_scores(reference, hypothesis) for reference, hypothesis in pairs]
-    if not per_video:
-        raise ValueError("text scores need at least one (reference, hypothesis) pair")
-    means: dict[str, float] = {name: float(np.mean([scores[name] for scores in per_video])) for name in TEXT_METRICS}
-    means["n"] = len(per_video)
-    return means
+def strict_text_bleu4(reference: str, output: str) -> float:
+    """Strict figure of one video: :func:`strict_bleu4` on texts whose tags became spaces
+    (:func:`strip_tags`), lowercased and word-tokenized; a missing or empty output scores 0."""
+    return strict_bleu4(normalise_text(strip_tags(reference)), normalise_text(strip_tags(output)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -389,8 +398,15 @@ def _f1(matches: int, predicted: int, actual: int) -> float:
     return _ratio(2 * matches, predicted + actual)
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+@contextlib.contextmanager
+def _recursion_headroom(depth: int) -> Iterator[None]:
+    """Let the code inside recurse ``depth`` frames deeper than the current limit allows."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + depth)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def _check_same_length(first: Sequence, second: Sequence, first_name: str, second_name: str) -> None:

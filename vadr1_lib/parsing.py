@@ -35,9 +35,13 @@ Two views of the same text are returned:
 own branch for "abnormal without a valid span", and ``span_problem`` says why ``span`` is
 missing.
 
-The label rule follows the release's evaluation: a completion is Normal only when
-``<which>`` holds exactly ``Normal`` (after stripping whitespace); anything else,
-including ``normal``, ``Abnormal``, a category name or no ``<which>`` at all, is Abnormal.
+The label rule (:func:`says_normal`): a completion is Normal only when ``<which>`` holds
+exactly ``Normal`` after stripping surrounding whitespace; anything else, including
+``normal``, ``Abnormal``, a category name or no ``<which>`` at all, is Abnormal. This is
+the release's evaluation rule made tolerant of whitespace, and it is what the rewards and
+the strict figures use; the release's exact reading (no stripping, the first ``<which>``
+anywhere in the text) is :func:`vadr1_lib.metrics.release_reads_normal`, used only for
+the figures that reproduce the release.
 
 Tags are case-sensitive and only ``<step1>`` … ``<step9>`` are recognised as step tags;
 any other angle-bracket text is ordinary text.
@@ -318,9 +322,10 @@ def _field_problems(fields: list[tuple[str, str]], is_normal: bool) -> list[str]
 
 
 def says_normal(which: str | None) -> bool:
-    """The release's detection rule, defined once: only an exact ``Normal`` in ``<which>``
+    """The project's label rule, defined once: only an exact ``Normal`` in ``<which>``
     (surrounding whitespace aside) is a Normal answer; anything else, including a missing
-    ``<which>``, a category name or ``normal`` in lower case, counts as Abnormal."""
+    ``<which>``, a category name or ``normal`` in lower case, counts as Abnormal. The
+    release's evaluation did not strip whitespace (:func:`vadr1_lib.metrics.release_reads_normal`)."""
     return which is not None and which.strip() == NORMAL_LABEL
 
 
@@ -414,7 +419,7 @@ class _ValidationTally:
         if not isinstance(think, str) or not isinstance(answer, str):
             self.problem("missing think or answer", row_id)
             return
-        # The SFT target is think + newline + answer (REFERENCE.md), so that is what is parsed.
+        # The SFT target is think + newline + answer (docs/vad-r1.md, "Release format"), so that is what is parsed.
         parsed = parse_completion(f"{think}\n{answer}")
         self.format_valid += parsed.format_valid
         self.normal_rows += parsed.is_normal
