@@ -26,6 +26,20 @@ def test_paper_profile_carries_the_paper_recipe():
     assert config.load_profile("qlora-24gb").sft.mode == "qlora"
 
 
+@pytest.mark.parametrize("name", ["full-4xa100", "qlora-24gb", "qlora-t4-16gb"])
+def test_gpu_profiles_decode_as_the_release(name):
+    # The release's inference: 16 uniform frames at min = max = 128x28x28 pixels, sampled at
+    # temperature 0.1 and top-p 0.9, at most 512 new tokens.
+    p = config.load_profile(name)
+    assert p.video.infer_frames == 16 and p.video.min_pixels == p.video.max_pixels == 128 * 28 * 28
+    assert (p.eval.do_sample, p.eval.temperature, p.eval.top_p, p.eval.max_new_tokens) == (True, 0.1, 0.9, 512)
+
+
+@pytest.mark.parametrize("name", ["ci", "cpu"])
+def test_cpu_profiles_decode_greedily(name):
+    assert config.load_profile(name).eval.do_sample is False
+
+
 def test_overrides_in_both_forms_are_typed():
     p = config.load_profile("ci", ["sft.max_steps=3", "sft.learning_rate=2e-4", "model.tiny.hidden_size=48"])
     assert p.sft.max_steps == 3 and p.sft.learning_rate == 2e-4 and p.model.tiny.hidden_size == 48

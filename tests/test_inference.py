@@ -36,6 +36,24 @@ def test_predictions_cover_the_split_with_parsed_fields(setup, tmp_path):
     assert report.tokens_per_s > 0
 
 
+def test_the_profile_decoding_reaches_generate(setup, tmp_path, monkeypatch):
+    # The GPU profiles sample as the release did (temperature 0.1, top-p 0.9); the call must carry it.
+    profile, splits, base, loaded = setup
+    sampled = config.load_profile("ci", {"eval.batch_size": 2, "eval.max_new_tokens": 8, "eval.do_sample": True,
+                                         "eval.temperature": 0.1, "eval.top_p": 0.9})
+    model = loaded[0]
+    real_generate = model.generate
+    seen = {}
+
+    def recording_generate(*args, **kwargs):
+        seen.update(kwargs)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    inference.predict_split(base, splits.test, tmp_path / "pred.jsonl", sampled, loaded=loaded, progress=False, limit=1)
+    assert (seen["do_sample"], seen["temperature"], seen["top_p"], seen["max_new_tokens"]) == (True, 0.1, 0.9, 8)
+
+
 def test_a_killed_run_resumes_without_duplicates(setup, tmp_path, monkeypatch):
     profile, splits, base, loaded = setup
     out = tmp_path / "pred.jsonl"
