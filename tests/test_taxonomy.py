@@ -10,7 +10,7 @@ from vadr1_lib.taxonomy import ABNORMAL, NORMAL, UNKNOWN, UnknownLabelError, nor
 
 def test_tree_has_3_types_37_sub_classes_each_knowing_its_place():
     assert taxonomy.TYPES == ("Human Activity", "Environment", "Objects")
-    # The paper says 12 main classes; REFERENCE.md names 10, and only named ones are here.
+    # The paper says 12 main classes but names 10 (docs/vad-r1.md), and only named ones are here.
     assert len(taxonomy.MAIN_CLASSES) == len(set(taxonomy.MAIN_CLASSES)) == 10
     assert len(taxonomy.CATEGORIES) == len(set(taxonomy.CATEGORIES)) == 37
     per_type = Counter(sub.type for sub in taxonomy.SUB_CLASSES.values())

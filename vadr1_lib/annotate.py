@@ -1,6 +1,6 @@
 """The two-stage annotation pipeline: frame captions, then the P2C-CoT steps and the answer.
 
-The paper built its SFT data in two stages (REFERENCE.md, "Annotation pipeline"):
+The paper built its SFT data in two stages (``docs/vad-r1.md``, "Annotation pipeline"):
 
 (a) a vision-language model (Qwen-VL-Max) captions densely sampled frames;
 (b) a text LLM (Qwen-Max) writes each chain-of-thought step from those captions, with a

@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class VideoConfig:
-    """How frames reach the model (REFERENCE.md, "Video input")."""
+    """How frames reach the model (``docs/fidelity.md``, "Video input" and "Inference")."""
 
     train_fps: float = 2.0  # training: about 2 frames per second ...
     min_frames: int = 4  # ... at least this many ...
@@ -100,7 +100,7 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    """Supervised fine-tuning (REFERENCE.md, "Training recipe")."""
+    """Supervised fine-tuning (``docs/fidelity.md``, "SFT")."""
 
     mode: str = "full"  # full | lora | qlora
     learning_rate: float = 1e-6
@@ -127,7 +127,7 @@ class SFTConfig:
 
 @dataclass
 class GRPOConfig:
-    """(AVA-)GRPO reinforcement learning (REFERENCE.md, "Training recipe" and "Rewards")."""
+    """(AVA-)GRPO reinforcement learning (``docs/fidelity.md``, "GRPO" and "Rewards")."""
 
     num_generations: int = 4  # G completions per video
     beta: float = 0.04  # KL coefficient

@@ -1,6 +1,6 @@
 """The Vad-Reasoning JSON Lines schema: typed records, validating loaders, writing, stats.
 
-Two kinds of rows exist (REFERENCE.md, "Release format"):
+Two kinds of rows exist (``docs/vad-r1.md``, "Release format"):
 
 - :class:`SFTRecord`: a video with a full P2C-CoT annotation (``think``, ``answer``) and,
   when abnormal, the anomaly's frame span ``start``/``end``.

@@ -1,6 +1,6 @@
 """(AVA-)GRPO with TRL's ``GRPOTrainer``, with the video in every forward pass.
 
-Stock TRL 1.16 shows the video to generation only (``../shared/notes/trl-video.md``): the
+Stock TRL 1.16 shows the video to generation only (``docs/measurements.md``, "TRL 1.16 and video"): the
 old, reference and policy log-prob forwards rebuild their multimodal inputs from *images*,
 so the loss would be computed on ``<|video_pad|>`` tokens read as plain text with 1D
 positions, and nothing would raise. :class:`VideoGRPOTrainer` fixes that with four small
@@ -165,7 +165,7 @@ def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use
 
 def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> trl.GRPOConfig:
     """TRL's config from the profile. ``loss_type="grpo"`` averages over each completion's
-    tokens, then over completions (REFERENCE.md, "GRPO as used there"); TRL's default
+    tokens, then over completions (``docs/vad-r1.md``, "GRPO as the paper uses it"); TRL's default
     ``dapo`` would not. Memory settings (gradient checkpointing) come from the SFT section."""
     g = profile.grpo
     return trl.GRPOConfig(

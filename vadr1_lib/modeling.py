@@ -9,7 +9,7 @@ folder. :func:`load_model_and_processor` then loads that folder with exactly the
 ``from_pretrained`` calls that load the 7B checkpoint on a GPU, so the notebooks never branch
 on "tiny or real".
 
-Pitfalls this module handles (measured in ``../shared/notes/tiny-model.md``):
+Pitfalls this module handles (measured: ``docs/measurements.md``, "Pitfalls met"):
 - ``mrope_section`` must sum to ``head_dim / 2``: it is scaled from the 7B's [16, 24, 24].
 - Temporal position ids are ``second_per_grid * tokens_per_second`` truncated to integers,
   so the real sampling fps must reach the processor (:func:`video_inputs`), or every frame of

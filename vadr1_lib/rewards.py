@@ -9,11 +9,11 @@ conversational prompts as ``[{"role": "assistant", "content": "..."}]``; both ar
 All rewards read the text through the one parser, :func:`vadr1_lib.parsing.parse_completion`,
 and never raise on model output (garbage, empty, odd unicode): a bad completion scores 0.
 
-Decisions where the release leaves room (REFERENCE.md, "Rewards"):
+Decisions where the release leaves room (``docs/fidelity.md``, "Rewards"):
 
 - **Accuracy** compares the binary label of ``<which>`` with the weak label: Normal when
-  ``<which>`` is exactly ``Normal``, Abnormal for anything else, which is how the release's
-  evaluation reads it. SFT teaches fine-grained categories in ``<which>`` (``Fire``,
+  ``<which>`` is exactly ``Normal`` (surrounding whitespace aside), Abnormal for anything
+  else; the release compared ``<which>`` with the literal weak label. SFT teaches fine-grained categories in ``<which>`` (``Fire``,
   ``Fighting`` …), so ``<which>Fire</which>`` on an Abnormal video earns 1: RL keeps the
   category vocabulary instead of collapsing it to the literal word ``Abnormal``. A
   completion without ``<which>`` (or with an empty one) claims nothing and earns 0.
@@ -162,7 +162,7 @@ VERDICT_END = "</which>"  # the re-query's answer is complete once this is writt
 class AnomalyVerificationReward:
     """AVA: re-ask the model on a trimmed video and reward answers that survive the check.
 
-    Per rollout (REFERENCE.md, "Rewards"):
+    Per rollout (``docs/fidelity.md``, "Rewards"):
 
     - Abnormal with a valid span ``[s, e]``: drop the frames inside the span, resample as
       many frames as training uses from what is left, re-ask; ``ava_abnormal_bonus`` when

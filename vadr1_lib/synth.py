@@ -10,7 +10,7 @@ text (``think``/``answer``) is written from them by :class:`vadr1_lib.annotate.O
 What a tiny model can see
 -------------------------
 A ~1M-parameter Qwen2.5-VL on 112x112 frames sees 4x4 merged video tokens per frame pair.
-A probe (``shared/notes/tiny-model.md``) found that drawn objects about one token wide
+A probe (``docs/measurements.md``) found that drawn objects about one token wide
 were not learned at all, while whole-frame effects were. So every anomaly here covers a
 large region (roughly 35% of the frame or more) or the whole frame, with its own colour,
 texture and motion: flames under a smoke plume, a blast flash turning to smoke, a crate

@@ -1,7 +1,7 @@
 """The Vad-Reasoning anomaly taxonomy and label normalisation.
 
-The paper counts 3 types, 12 main classes and 37 sub classes, but the taxonomy as listed in
-REFERENCE.md (and so here) groups the 37 sub classes under 10 named main classes; the two
+The paper counts 3 types, 12 main classes and 37 sub classes, but its list (``docs/vad-r1.md``,
+"Taxonomy"), and so this module, groups the 37 sub classes under 10 named main classes; the two
 missing main-class names are not known to us, and inventing them would be guessing. Only
 the sub classes appear as labels: in the release's ``anomaly_type`` and inside ``<which>``.
 

@@ -15,7 +15,7 @@ the same normaliser (NFC), pre-tokeniser regex and byte-level decoder. Token cou
 are the counts the 7B model sees (dataset statistics, the length reward's ranges).
 
 Restricted vocabularies (why: the full 151,936-row embedding makes a tiny model's training
-step ~50x slower on a CPU; ``../shared/notes/tiny-model.md``). BPE applies, at each step,
+step ~50x slower on a CPU; ``docs/measurements.md``). BPE applies, at each step,
 the lowest-ranked merge that applies. If a subset of merges contains every merge the full
 tokenizer uses on a text (every final token of the text and every intermediate token on
 the way, i.e. the subset is closed under "the two parts of my merge"), then on that text

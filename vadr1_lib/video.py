@@ -327,7 +327,7 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: float) ->
 
 
 # ---------------------------------------------------------------------------------------
-# The two views of a video the model gets (REFERENCE.md, "Video input")
+# The two views of a video the model gets (docs/fidelity.md, "Video input")
 
 
 def training_clip(path: str | os.PathLike[str], cfg: VideoConfig) -> VideoClip:
