@@ -90,3 +90,10 @@ def test_overrides_are_recorded_and_reproduce_the_profile():
     assert again.to_dict() == p.to_dict()
     with pytest.raises(config.ProfileError, match="unknown key 'overrides'"):
         config.load_profile("ci", ["overrides=1"])
+
+
+def test_yaml_words_that_pyyaml_calls_booleans_stay_text_in_overrides():
+    p = config.load_profile("ci", ["launch.mixed_precision=no", "grpo.use_ava=false", "data.footage=off"])
+    assert (p.launch.mixed_precision, p.grpo.use_ava, p.data.footage) == ("no", False, "off")
+    with pytest.raises(config.ProfileError, match="expected bool"):
+        config.load_profile("ci", ["grpo.use_ava=yes"])  # only true/false are booleans

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,23 @@ import yaml
 from vadr1_lib import paths
 
 PROFILE_ENV_VAR = "VADR1_PROFILE"
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML with the 1.2 booleans: only true/false. PyYAML's 1.1 default also reads no, yes,
+    on and off as booleans, so ``--set launch.mixed_precision=no`` arrived as False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)
 
 
 class ProfileError(ValueError):
@@ -230,7 +248,7 @@ def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None)
     path = profiles_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(available_profiles())}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _load_yaml(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")
     for reserved in ("name", "overrides"):
@@ -254,7 +272,7 @@ def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> dict[str, A
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ProfileError(f"override {item!r} is not of the form section.key=value")
-        parsed[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        parsed[key.strip()] = _load_yaml(text) if text.strip() else None
     return parsed
 
 
