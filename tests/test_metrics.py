@@ -175,6 +175,27 @@ def test_normalise_text_lowercases_and_splits_sentences_like_word_tokenize():
     assert tokens == ["a", "man", "runs", ".", "he", "is", "n't", "stopping", "!"]
 
 
+def test_normalise_text_uses_the_trained_punkt_model_when_nltk_has_it(monkeypatch):
+    import nltk
+
+    class OneSentence:  # stands in for the trained model: never splits
+        def __init__(self, language):
+            assert language == "english"
+
+        def tokenize(self, text):
+            return [text]
+
+    monkeypatch.setattr(nltk.data, "find", lambda resource: resource)
+    monkeypatch.setattr(nltk.tokenize, "PunktTokenizer", OneSentence)
+    metrics._sentence_splitter.cache_clear()
+    try:
+        assert metrics.sentence_splitter_name().startswith("NLTK's trained English Punkt model")
+        # Unsplit, the inner period stays on its word (the Treebank tokenizer splits only the last).
+        assert normalise_text("A man runs. He stops.") == ["a", "man", "runs.", "he", "stops", "."]
+    finally:
+        metrics._sentence_splitter.cache_clear()
+
+
 def test_single_order_bleu_by_hand():
     # hyp "the cat sat on a mat" vs ref "the cat sat on the mat", same length so BP = 1.
     # 1-grams: the cat sat on mat match, 'a' does not: 5/6.
