@@ -22,6 +22,9 @@ def test_paper_profile_carries_the_paper_recipe():
     g = p.grpo
     assert (g.num_generations, g.beta, g.learning_rate, g.lr_scheduler_type, g.weight_decay) == (4, 0.04, 1e-6, "cosine", 0.01)
     assert (g.max_completion_length, g.temperature, g.top_p) == (768, 1.0, 0.95)
+    assert (p.sft.lr_scheduler_type, p.sft.warmup_ratio) == ("linear", 0.0)  # the trainer default the release ran with
+    for name in ("full-4xa100", "qlora-24gb", "qlora-t4-16gb"):  # the release's GRPO clipping and sampling
+        assert (config.load_profile(name).grpo.max_grad_norm, config.load_profile(name).grpo.top_k) == (5.0, 50)
     assert p.launch.accelerate_config_sft == "zero2.yaml" and p.launch.accelerate_config_grpo == "zero3.yaml"
     assert config.load_profile("qlora-24gb").sft.mode == "qlora"
 

@@ -183,3 +183,10 @@ def test_k3_kl_and_the_ratio_that_is_one_but_has_a_gradient():
     assert loss.item() == pytest.approx(-2.0)  # ratio 1, KL 0: loss = -A
     loss.backward()
     assert logps.grad.tolist() == [[-1.0, -1.0]]  # d(-A * ratio)/d logp = -A, averaged over 2 tokens
+
+
+def test_the_profiles_sampling_and_clipping_reach_the_trainer(ci, tmp_path) -> None:
+    profile = load_profile("ci", {"grpo.top_k": 50, "grpo.max_grad_norm": 5.0, "grpo.top_p": 0.9})
+    _, processor = modeling.load_model_and_processor(ci[1], profile)
+    args = grpo.training_arguments(profile, tmp_path, processor)
+    assert (args.top_k, args.max_grad_norm, args.top_p) == (50, 5.0, 0.9)

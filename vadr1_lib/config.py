@@ -159,6 +159,8 @@ class GRPOConfig:
     max_completion_length: int = 768
     temperature: float = 1.0
     top_p: float = 0.95
+    top_k: int = 0  # 0: no top-k (TRL's default); the release sampled with generate's default, 50
+    max_grad_norm: float = 1.0  # the trainer's default; the release clipped at 5
     use_ava: bool = True
     ava_abnormal_bonus: float = 0.5
     ava_normal_penalty: float = -0.2

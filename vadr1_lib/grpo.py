@@ -175,6 +175,8 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> tr
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,
+        top_k=g.top_k,
+        max_grad_norm=g.max_grad_norm,
         # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
         generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
         loss_type="grpo",
