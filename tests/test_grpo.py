@@ -3,6 +3,7 @@ trains, AVA runs through the real model, and the stage is cached and loadable.""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -49,7 +50,9 @@ def trained(ci, tmp_path_factory):
 
     def recorder(name):
         def hook(module, args, kwargs):
-            if "labels" in kwargs:  # TRL's log-prob forwards pass labels; generation steps do not
+            # Log-prob forwards: TRL's fused head passes labels, the completion-only one use_cache=False;
+            # generation steps do neither.
+            if "labels" in kwargs or kwargs.get("use_cache") is False:
                 calls.append((name, torch.is_grad_enabled(), kwargs))
         return hook
 
@@ -102,9 +105,15 @@ def test_log_probs_follow_the_video_and_match_a_plain_forward(trained, ci) -> No
         full, per_sample = _logps_inputs(processor, profile, path, NORMAL_OK)
         trainer._batch_video = per_sample
         with torch.no_grad():
-            logps, _, _ = trainer._get_per_token_logps_and_entropies(model, full["input_ids"], full["attention_mask"],
-                                                                     completion_len)
+            logps, entropy, _ = trainer._get_per_token_logps_and_entropies(
+                model, full["input_ids"], full["attention_mask"], completion_len, compute_entropy=True)
             trainer._batch_video = None
+            # TRL's fused LM head, given the same video: the completion-only forward computes the same values
+            fused_logps, fused_entropy, _ = trl.GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, functools.partial(model, **{k: torch.cat(v) for k, v in per_sample.items()}),
+                full["input_ids"], full["attention_mask"], completion_len, compute_entropy=True,
+                mm_token_type_ids=full["mm_token_type_ids"])
+            assert torch.allclose(logps, fused_logps, atol=1e-5) and torch.allclose(entropy, fused_entropy, atol=1e-4)
             logits = model(**full).logits[:, -completion_len - 1:-1]
             stock, _, _ = trl.GRPOTrainer._get_per_token_logps_and_entropies(
                 trainer, model, full["input_ids"], full["attention_mask"], completion_len)

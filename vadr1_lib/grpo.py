@@ -18,7 +18,9 @@ overrides that all call ``super()``:
   ``video_grid_thw``, ``second_per_grid_ts`` and ``mm_token_type_ids`` over prompt +
   completion (without the latter Qwen2.5-VL silently falls back to 1D positions). TRL's
   method has no video parameters, so the video goes in through ``functools.partial`` on
-  the model it calls.
+  the model it calls. Off Triton devices the log-probs come from the model's ordinary
+  forward over the completion alone (``_completion_log_probs``): TRL's fused LM head
+  scores every position there, the prompt's video included.
 
 The dataset keeps light columns in Arrow (video path, weak label) and attaches decoded
 frames with ``Dataset.with_transform``: frames stored in Arrow come back as nested lists
@@ -38,6 +40,7 @@ from typing import Any
 import datasets
 import torch
 import trl
+from trl.kernels.chunked_logprob import _use_triton
 
 from vadr1_lib import dataset, modeling, prompts, rewards, sft, video
 from vadr1_lib.config import Profile
@@ -108,16 +111,39 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             end = min(start + batch_size, input_ids.size(0))
             chunk_video = {key: torch.cat(batch_video[key][start:end]).to(input_ids.device) for key in VIDEO_KEYS}
-            chunk = super()._get_per_token_logps_and_entropies(
-                functools.partial(model, **chunk_video), input_ids[start:end], attention_mask[start:end],
-                logits_to_keep, batch_size=end - start, compute_entropy=compute_entropy,
-                compute_aux_loss=compute_aux_loss, **{**multimodal, "mm_token_type_ids": token_types[start:end]},
-            )
+            chunk_model = functools.partial(model, **chunk_video)
+            chunk_inputs = dict(input_ids=input_ids[start:end], attention_mask=attention_mask[start:end],
+                                **{**multimodal, "mm_token_type_ids": token_types[start:end]})
+            if compute_aux_loss or _use_triton(input_ids.device):
+                chunk = super()._get_per_token_logps_and_entropies(
+                    chunk_model, chunk_inputs.pop("input_ids"), chunk_inputs.pop("attention_mask"), logits_to_keep,
+                    batch_size=end - start, compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss,
+                    **chunk_inputs)
+            else:
+                chunk = self._completion_log_probs(chunk_model, chunk_inputs, logits_to_keep, compute_entropy)
             logps.append(chunk[0])
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])
         return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux_losses).mean() if compute_aux_loss else None)
+
+    def _completion_log_probs(self, model: Any, inputs: dict[str, Any], logits_to_keep: int,
+                              compute_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """The completion's log-probs (and entropies) from the model's ordinary forward.
+
+        Why not TRL's fused LM head here: off Triton devices (a CPU) it scores every position,
+        the prompt's video tokens included, so with a real vocabulary the prompt dominates a
+        step (measured on a 1,300-token prompt with the full Qwen2.5 vocabulary: four fifths
+        of the step). ``logits_to_keep`` gives the logits of the completion alone; the values
+        are TRL's (temperature-scaled log-softmax, its entropy).
+        """
+        with self.accelerator.autocast():
+            logits = model(**inputs, logits_to_keep=logits_to_keep + 1, use_cache=False).logits[:, :-1]
+        log_probs = (logits.float() / self.temperature).log_softmax(-1)
+        targets = inputs["input_ids"][:, -logits_to_keep:]
+        token_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1) if compute_entropy else None
+        return token_log_probs, entropy, None
 
 
 # ---------------------------------------------------------------------------------------
