@@ -124,3 +124,6 @@ def test_slurm_script_is_valid_bash_and_names_real_profiles_and_commands(script:
     gpus = int(re.search(r"^#SBATCH --gres=gpu:(\d+)$", text, re.MULTILINE).group(1))
     assert gpus == load_profile(profile_name).launch.num_processes
     assert re.search(r"^#SBATCH --output=runs/", text, re.MULTILINE)
+    # requeued before the time limit: the signal reaches the script, which puts the job back
+    assert re.search(r"^#SBATCH --requeue$", text, re.MULTILINE) and re.search(r"^#SBATCH --signal=B:USR1@\d+$", text, re.MULTILINE)
+    assert "trap requeue USR1" in text and 'scontrol requeue "${SLURM_JOB_ID}"' in text

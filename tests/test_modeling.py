@@ -111,3 +111,10 @@ def test_generation_never_emits_vision_placeholders(loaded, clip_files):
     new = out[0, inputs["input_ids"].shape[1]:]
     banned = {processor.tokenizer.convert_tokens_to_ids(t) for t in modeling.qwen_tok.VISION_TOKENS}
     assert len(new) > 0 and not banned & set(new.tolist())
+
+
+@pytest.mark.parametrize(("profile_name", "dtype"), [("qlora-24gb", torch.bfloat16), ("qlora-t4-16gb", torch.float16)])
+def test_four_bit_layers_compute_in_the_profiles_dtype(profile_name, dtype):
+    quantization = modeling.quantization_config(config.load_profile(profile_name))
+    assert quantization.bnb_4bit_compute_dtype == dtype  # a T4 has no bf16: fp16, not fp32, is its fast path
+    assert quantization.llm_int8_skip_modules == ["model.visual", "lm_head"]

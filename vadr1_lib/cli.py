@@ -22,9 +22,10 @@ def _add_profile_args(parser: argparse.ArgumentParser, default: str = "cpu") -> 
 
 def _profile(args: argparse.Namespace) -> config.Profile:
     profile = config.load_profile(args.profile, args.overrides)
-    from vadr1_lib import modeling
+    from vadr1_lib import launch, modeling
 
     modeling.configure_threads(profile)
+    launch.prepare_launched_process(profile)
     return profile
 
 
@@ -168,6 +169,18 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from vadr1_lib import preflight
+
+    try:
+        report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None)
+    except preflight.PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from vadr1_lib import report
 
@@ -275,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-text", action="store_true", help="skip BLEU/METEOR/ROUGE")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (0: none)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("preflight", help="run every stage of a GPU profile as configured, on a tiny Hub-shaped model, "
+                                         "a few real release rows and 2 steps: the check before renting GPUs")
+    _add_profile_args(p, default="qlora-24gb")
+    p.add_argument("--scratch", default=None, help="folder for everything it writes (default: runs/preflight/<profile>)")
+    p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser("report", help="the results table from runs/<profile>/metrics (optionally into README.md)")
     _add_profile_args(p)

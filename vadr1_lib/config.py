@@ -63,7 +63,7 @@ class DataConfig:
 
     dataset: str = "mini"  # "mini" (built locally) or "release" (the authors' files + videos)
     release_dir: str | None = None  # folder of the release JSONL files (default: paths.release_dir())
-    video_root: str | None = None  # local root the release's absolute paths are remapped onto
+    video_root: str | None = None  # local root the release's absolute paths are remapped onto (relative: to VADR1_DATA)
     footage: str | None = None  # folder of the user's own normal footage (default: OpenCV's vtest.avi)
     n_sft_train: int = 200
     n_rl: int = 100
@@ -105,6 +105,7 @@ class TinyModelConfig:
     # "restricted": Qwen2.5's BPE cut down to the corpus (fast on a CPU); "full": all of it,
     # with the Hub checkpoints' 151,936 embedding rows and real token ids (what preflight uses).
     vocabulary: str = "restricted"
+    tie_word_embeddings: bool = True  # the 3B ties its LM head to the embedding, the 7B does not
 
 
 @dataclass

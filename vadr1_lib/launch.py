@@ -21,9 +21,40 @@ from vadr1_lib.config import Profile
 STAGE_CONFIG_FIELD = {"sft": "accelerate_config_sft", "grpo": "accelerate_config_grpo"}
 
 
+LAUNCHED_ENV = "VADR1_LAUNCHED"  # set for the processes a launch command starts
+
+
 def inside_distributed_launch() -> bool:
-    """True in a process started by ``accelerate launch`` / torchrun (they set these)."""
-    return "LOCAL_RANK" in os.environ
+    """True in a process started by :func:`run` (or by torchrun, which sets ``LOCAL_RANK``).
+
+    Our own marker, not only ``LOCAL_RANK``: a launcher that does not set it would
+    otherwise have every process launch the stage again, without end.
+    """
+    return os.environ.get(LAUNCHED_ENV) == "1" or "LOCAL_RANK" in os.environ
+
+
+def prepare_launched_process(profile: Profile) -> None:
+    """Checks and set-up in each process of a multi-process stage, before any training code.
+
+    - The launcher must have started the profile's number of processes: a config that
+      starts fewer would train on a fraction of the batch, silently.
+    - Under DeepSpeed on a CPU (``preflight``), DeepSpeed's communication (gloo) starts now.
+      On a GPU accelerate starts it when the training arguments are made; with ``use_cpu`` it
+      does not, and ``deepspeed.initialize`` starts it only when the trainer is prepared: too
+      late for ZeRO-3, under which TRL loads GRPO's reference model partitioned
+      (``deepspeed.zero.Init``) while the trainer is being built.
+    """
+    if os.environ.get(LAUNCHED_ENV) != "1":
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != profile.launch.num_processes:
+        raise RuntimeError(f"the launcher started {world} process(es), the profile asks for "
+                           f"launch.num_processes={profile.launch.num_processes}; check the accelerate config")
+    if profile.launch.device == "cpu" and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        from deepspeed import comm
+
+        if not comm.is_initialized():
+            comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
 def is_main_process() -> bool:
@@ -60,4 +91,4 @@ def format_command(command: list[str]) -> str:
 def run(command: list[str]) -> int:
     """Run a launch command in the foreground, streaming its output."""
     print(f"$ {format_command(command)}", flush=True)
-    return subprocess.call(command, cwd=paths.PROJECT_ROOT)
+    return subprocess.call(command, cwd=paths.PROJECT_ROOT, env={**os.environ, LAUNCHED_ENV: "1"})

@@ -88,7 +88,7 @@ def tiny_config(model: ModelConfig, tok: Any) -> Qwen2_5_VLConfig:
         "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
         "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
         "pad_token_id": tok.pad_token_id,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": sizes.tie_word_embeddings,
     }
     vision_config = {
         "depth": sizes.vision_depth,
@@ -107,7 +107,7 @@ def tiny_config(model: ModelConfig, tok: Any) -> Qwen2_5_VLConfig:
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=sizes.tie_word_embeddings,
     )
 
 
@@ -227,9 +227,9 @@ def quantization_config(profile: Profile) -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
-    compute = torch.bfloat16 if profile.model.dtype == "bfloat16" else torch.float32
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=QLORA_UNQUANTIZED_MODULES)
+                              bnb_4bit_compute_dtype=_DTYPES[profile.model.dtype],
+                              llm_int8_skip_modules=QLORA_UNQUANTIZED_MODULES)
 
 
 def _load_base(name_or_path: str | Path, profile: Profile, quantize: bool) -> Qwen2_5_VLForConditionalGeneration:

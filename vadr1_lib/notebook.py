@@ -9,15 +9,50 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
 from vadr1_lib import config, modeling
 
 
+# Where a hosted notebook keeps what must outlive its session: a disconnect wipes the
+# machine, so runs (checkpoints) and data go to persistent storage.
+HOSTED_STORAGE = {"colab": Path("/content/drive/MyDrive/vadr1"), "kaggle": Path("/kaggle/working/vadr1")}
+
+
+def hosted_platform() -> str | None:
+    """``"colab"`` or ``"kaggle"`` when this kernel runs there, else None."""
+    if "google.colab" in sys.modules:
+        return "colab"
+    return "kaggle" if "KAGGLE_KERNEL_RUN_TYPE" in os.environ else None
+
+
+def use_hosted_storage() -> Path | None:
+    """On Colab or Kaggle, put runs, data and the release's annotation files on storage that
+    survives the session (Colab: Google Drive, mounted here; Kaggle: /kaggle/working), unless
+    ``VADR1_RUNS`` / ``VADR1_DATA`` / ``VADR1_RELEASE_DIR`` already say where. Elsewhere nothing."""
+    platform_name = hosted_platform()
+    if platform_name is None:
+        return None
+    root = HOSTED_STORAGE[platform_name]
+    if platform_name == "colab" and not Path("/content/drive/MyDrive").is_dir():
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+    for variable, folder in (("VADR1_RUNS", "runs"), ("VADR1_DATA", "data"), ("VADR1_RELEASE_DIR", "vad-reasoning")):
+        os.environ.setdefault(variable, str(root / folder))
+    print(f"{platform_name}: runs, data and the release files under {root} (put the release's JSONL files in "
+          f"{os.environ['VADR1_RELEASE_DIR']}, its videos in {os.environ['VADR1_DATA']}/vad-reasoning-videos)")
+    return root
+
+
 def setup(profile_name: str, overrides: dict[str, Any] | list[str] | None = None) -> config.Profile:
-    """Resolve the profile (``VADR1_PROFILE`` wins, for nbmake in CI), set threads, say what runs."""
+    """Resolve the profile (``VADR1_PROFILE`` wins, for nbmake in CI), use persistent storage
+    on a hosted notebook, set threads, say what runs."""
+    use_hosted_storage()
     name = config.resolve_profile_name(profile_name)
     if name != profile_name:
         print(f"{config.PROFILE_ENV_VAR}={name} overrides the parameters cell's profile {profile_name!r}")

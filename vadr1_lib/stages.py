@@ -38,7 +38,7 @@ def data_splits(profile: Profile) -> Splits:
         folder = Path(profile.data.release_dir) if profile.data.release_dir else paths.release_dir()
         root = Path(profile.data.video_root) if profile.data.video_root else None
         if root is not None and not root.is_absolute():
-            root = paths.PROJECT_ROOT / root
+            root = paths.data_dir() / root  # beside the other data, wherever VADR1_DATA puts it
         return Splits(folder / paths.RELEASE_SFT_FILE, folder / paths.RELEASE_RL_FILE,
                       folder / "Vad-Reasoning-test.jsonl", root)
     raise ValueError(f"data.dataset must be 'mini' or 'release', got {profile.data.dataset!r}")

@@ -1,0 +1,34 @@
+"""The notebooks' shared cells: hosted notebooks keep their runs on persistent storage."""
+
+import os
+import sys
+import types
+
+from vadr1_lib import notebook
+
+
+def test_colab_mounts_drive_and_keeps_runs_and_data_there(monkeypatch):
+    mounted = []
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    for variable in ("VADR1_RUNS", "VADR1_DATA", "VADR1_RELEASE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("VADR1_DATA", "/my/own/data")  # a folder the user chose is kept
+    root = notebook.use_hosted_storage()
+    assert mounted == ["/content/drive"] and str(root) == "/content/drive/MyDrive/vadr1"
+    assert os.environ["VADR1_RUNS"] == "/content/drive/MyDrive/vadr1/runs"
+    assert os.environ["VADR1_RELEASE_DIR"] == "/content/drive/MyDrive/vadr1/vad-reasoning"
+    assert os.environ["VADR1_DATA"] == "/my/own/data"
+
+
+def test_kaggle_uses_its_working_folder_and_elsewhere_nothing_changes(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("VADR1_RUNS", raising=False)
+    assert notebook.use_hosted_storage() is None and "VADR1_RUNS" not in os.environ
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    for variable in ("VADR1_DATA", "VADR1_RELEASE_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    assert str(notebook.use_hosted_storage()) == "/kaggle/working/vadr1"
+    assert os.environ["VADR1_RUNS"] == "/kaggle/working/vadr1/runs"
