@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vadr1_lib import taxonomy
-from vadr1_lib.annotate import (
+from vadr1_lib.data import taxonomy
+from vadr1_lib.data.annotate import (
     API_KEY_ENV,
     PHRASES,
     Annotation,
@@ -236,7 +236,7 @@ def test_drawn_categories_have_their_own_phrases_and_others_a_named_fallback() -
 def test_offline_targets_stay_short_in_qwen_tokens() -> None:
     """The targets are for a tiny model: the release's template alone costs 127 tokens
     (abnormal) and 59 (normal); the generated text must not bloat much beyond that."""
-    from vadr1_lib.tokenizer import count_tokens
+    from vadr1_lib.model.tokenizer import count_tokens
 
     annotator = OfflineAnnotator(0)
     abnormal = [

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from vadr1_lib import cli, video
+from vadr1_lib import cli
+from vadr1_lib.data import video
 
 
 def run_cli(capsys, *argv):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vadr1_lib import dataset
-from vadr1_lib.dataset import DatasetFormatError, SFTRecord
+from vadr1_lib.data import dataset
+from vadr1_lib.data.dataset import DatasetFormatError, SFTRecord
 
 ABNORMAL_ROW = {
     "source": "ECVA",

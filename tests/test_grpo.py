@@ -11,8 +11,11 @@ import pytest
 import torch
 import trl
 
-from vadr1_lib import cli, dataset, grpo, modeling, prompts, rewards, stages, video
+from vadr1_lib import cli, prompts, stages
 from vadr1_lib.config import load_profile
+from vadr1_lib.data import dataset, video
+from vadr1_lib.model import modeling
+from vadr1_lib.training import grpo, rewards
 
 ABNORMAL_OK = prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
     prompts.format_answer_abnormal("Fire", "a fire starts", (0.25, 0.75), "centre", "fire is dangerous", "damage")
@@ -172,7 +175,7 @@ def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci
 
 
 def test_group_advantages_by_hand():
-    from vadr1_lib.grpo import group_advantages
+    from vadr1_lib.training.grpo import group_advantages
 
     rewards_ = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
     adv = group_advantages(rewards_, group_size=4)
@@ -182,7 +185,7 @@ def test_group_advantages_by_hand():
 
 
 def test_k3_kl_and_the_ratio_that_is_one_but_has_a_gradient():
-    from vadr1_lib.grpo import grpo_loss, k3_kl
+    from vadr1_lib.training.grpo import grpo_loss, k3_kl
 
     assert k3_kl(torch.tensor([-1.0]), torch.tensor([-1.0])).item() == 0.0
     # delta = ref - cur = -0.5: exp(-0.5) + 0.5 - 1 = 0.10653

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vadr1_lib import config, dataset, inference, modeling, stages
+from vadr1_lib import config, stages
+from vadr1_lib.data import dataset
+from vadr1_lib.evaluation import inference
+from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")

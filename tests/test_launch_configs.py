@@ -1,6 +1,6 @@
 """The accelerate + DeepSpeed configs and launch commands, checked by the libraries that consume them.
 
-A typo in ``configs/accelerate/*.yaml`` or in the argv :func:`vadr1_lib.launch.accelerate_command`
+A typo in ``configs/accelerate/*.yaml`` or in the argv :func:`vadr1_lib.cluster.launch.accelerate_command`
 builds would only surface on the 4x A100 machine, hours into a queue. Here accelerate's own
 config loader, its launch argument parser and its launch validation read them on a CPU, and
 ``DeepSpeedPlugin`` builds the DeepSpeed config the training processes would get.
@@ -18,7 +18,8 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
-from vadr1_lib import cli, config, launch, paths
+from vadr1_lib import cli, config, paths
+from vadr1_lib.cluster import launch
 from vadr1_lib.config import load_profile
 
 ACCELERATE_DIR = paths.CONFIGS_DIR / "accelerate"

@@ -19,8 +19,10 @@ import json
 import pytest
 import torch
 
-from vadr1_lib import cli, config, memory, modeling, stages, tokenizer
-from vadr1_lib.memory import GIB, ModelSpec
+from vadr1_lib import cli, config, stages
+from vadr1_lib.cluster import memory
+from vadr1_lib.cluster.memory import GIB, ModelSpec
+from vadr1_lib.model import modeling, tokenizer
 
 torch.set_num_threads(1)
 

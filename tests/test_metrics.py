@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from vadr1_lib import metrics, parsing
-from vadr1_lib.metrics import (
+from vadr1_lib import parsing
+from vadr1_lib.evaluation import metrics
+from vadr1_lib.evaluation.metrics import (
     MISSING_SPAN,
     bleu_n,
     bootstrap_ci,

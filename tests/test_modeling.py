@@ -5,7 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vadr1_lib import config, modeling, prompts, video
+from vadr1_lib import config, prompts
+from vadr1_lib.data import video
+from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vadr1_lib import config, launch, paths, preflight
+from vadr1_lib import config, paths
+from vadr1_lib.cluster import launch, preflight
 
 GPU_PROFILES = ["qlora-24gb", "qlora-t4-16gb", "full-4xa100"]
 # Download caches every command shares (footage, the tokenizer's merge table, WordNet): not outputs.

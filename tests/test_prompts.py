@@ -9,6 +9,7 @@ import re
 import pytest
 
 from vadr1_lib import prompts
+from vadr1_lib.model.tokenizer import count_tokens
 from vadr1_lib.parsing import parse_completion
 from vadr1_lib.prompts import (
     DIRECT_PROMPT,
@@ -22,7 +23,6 @@ from vadr1_lib.prompts import (
     format_when,
     user_prompt,
 )
-from vadr1_lib.tokenizer import count_tokens
 
 
 def test_user_prompt_returns_the_one_definition_per_kind() -> None:

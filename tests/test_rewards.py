@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from vadr1_lib import prompts, rewards, stages, video
+from vadr1_lib import prompts, stages
 from vadr1_lib.config import GRPOConfig, load_profile
-from vadr1_lib.taxonomy import UnknownLabelError
+from vadr1_lib.data import video
+from vadr1_lib.data.taxonomy import UnknownLabelError
+from vadr1_lib.training import rewards
 
 NORMAL_OK = prompts.format_think(["A street with people walking.", "Everyone walks calmly."]) + "\n" + \
     prompts.format_answer_normal("Normal", "people walk along the street", "nothing unusual happens")

@@ -4,7 +4,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from vadr1_lib import config, dataset, modeling, prompts, sft, stages, video
+from vadr1_lib import config, prompts, stages
+from vadr1_lib.data import dataset, video
+from vadr1_lib.model import modeling
+from vadr1_lib.training import sft
 
 
 @pytest.fixture(scope="module")

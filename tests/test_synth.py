@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vadr1_lib import synth, taxonomy
 from vadr1_lib.config import load_profile
-from vadr1_lib.dataset import load_rl, load_sft
-from vadr1_lib.footage import FootageUnavailableError, ensure_vtest
-from vadr1_lib.video import load_frames, read_video_info, write_video
+from vadr1_lib.data import synth, taxonomy
+from vadr1_lib.data.dataset import load_rl, load_sft
+from vadr1_lib.data.footage import FootageUnavailableError, ensure_vtest
+from vadr1_lib.data.video import load_frames, read_video_info, write_video
 
 WHEN = re.compile(r"<when>\[([0-9.]+), ([0-9.]+)\]</when>")
 

@@ -4,8 +4,14 @@ from collections import Counter
 
 import pytest
 
-from vadr1_lib import taxonomy
-from vadr1_lib.taxonomy import ABNORMAL, NORMAL, UNKNOWN, UnknownLabelError, normalize_label
+from vadr1_lib.data import taxonomy
+from vadr1_lib.data.taxonomy import (
+    ABNORMAL,
+    NORMAL,
+    UNKNOWN,
+    UnknownLabelError,
+    normalize_label,
+)
 
 
 def test_tree_has_3_types_37_sub_classes_each_knowing_its_place():

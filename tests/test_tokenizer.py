@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from vadr1_lib import tokenizer as qt
+from vadr1_lib.model import tokenizer as qt
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from vadr1_lib import config, dataset, modeling, stages, vane
+from vadr1_lib import config, stages
+from vadr1_lib.data import dataset
+from vadr1_lib.evaluation import vane
+from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")

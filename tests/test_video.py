@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vadr1_lib.video import (
+from vadr1_lib.data.video import (
     CorruptVideoError,
     VideoNotFoundError,
     head_tail_trim,

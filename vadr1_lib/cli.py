@@ -22,7 +22,8 @@ def _add_profile_args(parser: argparse.ArgumentParser, default: str = "cpu") -> 
 
 def _profile(args: argparse.Namespace) -> config.Profile:
     profile = config.load_profile(args.profile, args.overrides)
-    from vadr1_lib import launch, modeling
+    from vadr1_lib.cluster import launch
+    from vadr1_lib.model import modeling
 
     modeling.configure_threads(profile)
     launch.prepare_launched_process(profile)
@@ -38,7 +39,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from vadr1_lib.tokenizer import qwen_tokenizer
+    from vadr1_lib.model.tokenizer import qwen_tokenizer
 
     ids = qwen_tokenizer()(args.text, add_special_tokens=False)["input_ids"]
     print(json.dumps(ids))
@@ -46,7 +47,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from vadr1_lib import modeling
+    from vadr1_lib.model import modeling
 
     profile = _profile(args)
     corpus: list[str] = []
@@ -74,7 +75,7 @@ def _corpus_texts(path: Path) -> list[str]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from vadr1_lib import inference
+    from vadr1_lib.evaluation import inference
 
     profile = _profile(args)
     result = inference.generate_for_video(Path(args.model), Path(args.video), profile,
@@ -86,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from vadr1_lib import synth
+    from vadr1_lib.data import synth
 
     profile = _profile(args)
     report = synth.build_dataset(profile, footage=Path(args.footage) if args.footage else None, progress=True)
@@ -95,7 +96,8 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from vadr1_lib import dataset, tokenizer
+    from vadr1_lib.data import dataset
+    from vadr1_lib.model import tokenizer
 
     records = dataset.load_split(Path(args.file))
     stats = dataset.dataset_stats(records, count_tokens=tokenizer.count_tokens)
@@ -115,7 +117,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from vadr1_lib import inference
+    from vadr1_lib.evaluation import inference
 
     profile = _profile(args)
     report = inference.predict_split(args.model, Path(args.data), Path(args.out), profile, prompt_kind=args.prompt,
@@ -128,7 +130,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from vadr1_lib import sft, stages
+    from vadr1_lib import stages
+    from vadr1_lib.training import sft
 
     profile = _profile(args)
     out = stages.ensure_sft(profile, dry_run=args.dry_run)
@@ -140,22 +143,24 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from vadr1_lib import dataset, evaluation
+    from vadr1_lib.data import dataset
+    from vadr1_lib.evaluation import scores
 
     truth = dataset.load_sft(Path(args.gt))
     results = {}
     for pred in args.pred:
-        results[Path(pred).stem] = evaluation.evaluate_file(Path(pred), truth, text_metrics=not args.no_text,
+        results[Path(pred).stem] = scores.evaluate_file(Path(pred), truth, text_metrics=not args.no_text,
                                                             bootstrap_resamples=args.bootstrap)
     if args.json:
         print(json.dumps(results[Path(args.pred[0]).stem] if len(args.pred) == 1 else results, indent=2))
     else:
-        print(evaluation.format_table(results))
+        print(scores.format_table(results))
     return 0
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    from vadr1_lib import sft, stages
+    from vadr1_lib import stages
+    from vadr1_lib.training import sft
 
     profile = _profile(args)
     use_ava = profile.grpo.use_ava and not args.no_ava
@@ -170,7 +175,7 @@ def cmd_grpo(args: argparse.Namespace) -> int:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from vadr1_lib import preflight
+    from vadr1_lib.cluster import preflight
 
     try:
         report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None)
@@ -182,7 +187,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vadr1_lib import report
+    from vadr1_lib.evaluation import report
 
     profile = config.load_profile(args.profile)
     if args.write_readme:
@@ -207,7 +212,7 @@ def cmd_run_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_plan_memory(args: argparse.Namespace) -> int:
-    from vadr1_lib import memory
+    from vadr1_lib.cluster import memory
 
     # load_profile, not _profile: planning needs no torch, so the command answers at once.
     plan = memory.plan_memory(config.load_profile(args.profile, args.overrides), gpu_gb=args.gpu_gb)

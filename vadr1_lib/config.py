@@ -133,9 +133,9 @@ class SFTConfig:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = True
     assistant_only_loss: bool = True  # the release also trained on prompt tokens (False)
-    decision_weight: float = 1.0  # loss weight of the token that commits to the verdict (vadr1_lib.sft)
+    decision_weight: float = 1.0  # loss weight of the token that commits to the verdict (vadr1_lib.training.sft)
     train_vision_encoder: bool = True  # full mode: False freezes all of it but the merger
-    balanced_batches: bool = False  # every batch half Normal, half Abnormal (vadr1_lib.sft.ClassBalancedSampler)
+    balanced_batches: bool = False  # every batch half Normal, half Abnormal (vadr1_lib.training.sft.ClassBalancedSampler)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05

@@ -35,7 +35,8 @@ def _device() -> dict[str, Any]:
 
 
 def environment_report() -> dict[str, Any]:
-    from vadr1_lib import footage, wordnet
+    from vadr1_lib.data import footage
+    from vadr1_lib.evaluation import wordnet
 
     release = {name: str(p) if (p := paths.release_file(name)) else None
                for name in (paths.RELEASE_SFT_FILE, paths.RELEASE_RL_FILE)}

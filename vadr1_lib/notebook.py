@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vadr1_lib import config, modeling
-
+from vadr1_lib import config
+from vadr1_lib.model import modeling
 
 # Where a hosted notebook keeps what must outlive its session: a disconnect wipes the
 # machine, so runs (checkpoints) and data go to persistent storage.

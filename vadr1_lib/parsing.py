@@ -40,7 +40,7 @@ exactly ``Normal`` after stripping surrounding whitespace; anything else, includ
 ``normal``, ``Abnormal``, a category name or no ``<which>`` at all, is Abnormal. This is
 the release's evaluation rule made tolerant of whitespace, and it is what the rewards and
 the strict figures use; the release's exact reading (no stripping, the first ``<which>``
-anywhere in the text) is :func:`vadr1_lib.metrics.release_reads_normal`, used only for
+anywhere in the text) is :func:`vadr1_lib.evaluation.metrics.release_reads_normal`, used only for
 the figures that reproduce the release.
 
 Tags are case-sensitive and only ``<step1>`` … ``<step9>`` are recognised as step tags;
@@ -325,7 +325,7 @@ def says_normal(which: str | None) -> bool:
     """The project's label rule, defined once: only an exact ``Normal`` in ``<which>``
     (surrounding whitespace aside) is a Normal answer; anything else, including a missing
     ``<which>``, a category name or ``normal`` in lower case, counts as Abnormal. The
-    release's evaluation did not strip whitespace (:func:`vadr1_lib.metrics.release_reads_normal`)."""
+    release's evaluation did not strip whitespace (:func:`vadr1_lib.evaluation.metrics.release_reads_normal`)."""
     return which is not None and which.strip() == NORMAL_LABEL
 
 

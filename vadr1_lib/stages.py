@@ -13,8 +13,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vadr1_lib import dataset, launch, modeling, paths
+from vadr1_lib import paths
+from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
+from vadr1_lib.data import dataset
+from vadr1_lib.model import modeling
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Splits:
 def data_splits(profile: Profile) -> Splits:
     """Vad-Reasoning-Mini (built when missing) or the real release (``data.dataset: release``)."""
     if profile.data.dataset == "mini":
-        from vadr1_lib import synth
+        from vadr1_lib.data import synth
 
         built = synth.ensure_dataset(profile)
         return Splits(built.sft_train, built.rl, built.test, None)
@@ -74,7 +77,7 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     fingerprint; otherwise run ``python -m vadr1_lib <stage>`` under ``accelerate launch``
     (multi-process profiles) or train in this process, discarding a stale partial result
     first. ``dry_run`` prints what would run instead."""
-    from vadr1_lib import sft
+    from vadr1_lib.training import sft
 
     marker = sft.read_marker(out)
     if marker is not None and marker.get("fingerprint") == fingerprint:
@@ -101,7 +104,7 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     Multi-process profiles run the ``sft`` command under ``accelerate launch``; with
     ``dry_run`` that command is printed instead of run.
     """
-    from vadr1_lib import sft
+    from vadr1_lib.training import sft
 
     base = ensure_base_model(profile)
     splits = data_splits(profile)
@@ -118,7 +121,7 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
 
 def _model_identity(model_path: str) -> str:
     """What makes a model's predictions reusable: its stage fingerprint or tiny-model identity, else its path."""
-    from vadr1_lib import sft
+    from vadr1_lib.training import sft
 
     marker = sft.read_marker(Path(model_path)) if Path(model_path).is_dir() else None
     if marker is not None:
@@ -135,7 +138,7 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     """
     import json
 
-    from vadr1_lib import inference
+    from vadr1_lib.evaluation import inference
 
     splits = data_splits(profile)
     out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}.jsonl"
@@ -166,7 +169,7 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
     Multi-process profiles run the ``grpo`` command under ``accelerate launch`` (ZeRO-3
     config); with ``dry_run`` that command is printed instead of run.
     """
-    from vadr1_lib import grpo
+    from vadr1_lib.training import grpo
 
     start = ensure_sft(profile, dry_run=dry_run)
     splits = data_splits(profile)

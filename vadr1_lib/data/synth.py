@@ -5,7 +5,7 @@ module builds a small stand-in that needs nothing beyond PyPI: windows of real n
 surveillance footage (OpenCV's ``vtest.avi`` by default, or the user's own folder), half
 of them with a large anomaly drawn in over a contiguous span of frames. Because the
 anomaly is drawn, its category, frame span and per-frame box are exact ground truth; the
-text (``think``/``answer``) is written from them by :class:`vadr1_lib.annotate.OfflineAnnotator`.
+text (``think``/``answer``) is written from them by :class:`vadr1_lib.data.annotate.OfflineAnnotator`.
 
 What a tiny model can see
 -------------------------
@@ -72,12 +72,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import vadr1_lib
-from vadr1_lib import paths, taxonomy
-from vadr1_lib.annotate import ClipFacts, OfflineAnnotator
+from vadr1_lib import paths
 from vadr1_lib.config import Profile
-from vadr1_lib.dataset import write_jsonl
-from vadr1_lib.footage import FootageUnavailableError, ensure_vtest, scan_footage
-from vadr1_lib.video import VideoInfo, load_frames, read_video_info, write_video
+from vadr1_lib.data import taxonomy
+from vadr1_lib.data.annotate import ClipFacts, OfflineAnnotator
+from vadr1_lib.data.dataset import write_jsonl
+from vadr1_lib.data.footage import FootageUnavailableError, ensure_vtest, scan_footage
+from vadr1_lib.data.video import VideoInfo, load_frames, read_video_info, write_video
 
 # Bump when drawing, sampling or annotation changes what a build produces: it is part of
 # the cache key, so datasets built by older code are rebuilt instead of silently reused.
@@ -965,7 +966,7 @@ def build_dataset(
 
     `footage` (else ``profile.data.footage``) is a folder of the user's normal videos;
     unreadable or too short files are skipped and reported. Without either, OpenCV's
-    vtest.avi is used (fetched once by :func:`vadr1_lib.footage.ensure_vtest`).
+    vtest.avi is used (fetched once by :func:`vadr1_lib.data.footage.ensure_vtest`).
     """
     _check_parameters(profile)
     usable, skipped, folder = _resolve_footage(profile, footage)

@@ -42,8 +42,11 @@ import torch
 import trl
 from trl.kernels.chunked_logprob import _use_triton
 
-from vadr1_lib import dataset, modeling, prompts, rewards, sft, video
+from vadr1_lib import prompts
 from vadr1_lib.config import Profile
+from vadr1_lib.data import dataset, video
+from vadr1_lib.model import modeling
+from vadr1_lib.training import rewards, sft
 
 CLIP_COLUMN = "clip"  # attached by the transform: the decoded training clip (a VideoClip)
 PATH_COLUMN = "video_path"  # Arrow column: where the clip comes from (AVA re-reads it trimmed)

@@ -5,9 +5,9 @@ Each completion is read twice, because the two sets of figures answer two questi
 - ``detection``, ``temporal`` and ``text`` are the release's evaluation, exactly
   (``docs/fidelity.md``, "Evaluation"): only ground-truth videos that have a prediction
   are scored (the others are counted in ``missing_predictions``), ``<which>`` and
-  ``<when>`` are read with the release's rules (:func:`vadr1_lib.metrics.release_reads_normal`,
-  :func:`vadr1_lib.metrics.release_reads_span`) and the text with
-  :func:`vadr1_lib.metrics.release_text_scores`. These are the numbers to set beside the
+  ``<when>`` are read with the release's rules (:func:`vadr1_lib.evaluation.metrics.release_reads_normal`,
+  :func:`vadr1_lib.evaluation.metrics.release_reads_span`) and the text with
+  :func:`vadr1_lib.evaluation.metrics.release_text_scores`. These are the numbers to set beside the
   paper's.
 - ``strict`` reads each completion once with :func:`vadr1_lib.parsing.parse_completion`,
   the parser the rewards use (whitespace-tolerant ``<which>``, spans checked to lie in
@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from vadr1_lib import dataset, metrics, parsing, taxonomy
+from vadr1_lib import parsing
+from vadr1_lib.data import dataset, taxonomy
+from vadr1_lib.evaluation import metrics
 
 # Figures that get a bootstrap confidence interval (the ones tables report).
 CI_FIGURES = ("detection.accuracy", "detection.f1", "temporal.miou", "strict.temporal.miou", "text.bleu2", "text.meteor")
@@ -302,7 +304,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 def evaluate_predictions_file(pred_file: Path, truth: Sequence[dataset.SFTRecord], **kwargs: Any) -> dict[str, Any]:
     """``evaluate`` on an ``infer`` output, plus the mean number of generated tokens per answer."""
-    from vadr1_lib import inference
+    from vadr1_lib.evaluation import inference
 
     rows = inference.read_predictions(Path(pred_file))
     wanted = {_prediction_key(record, MATCH_BY_ID) for record in truth}

@@ -72,7 +72,7 @@ VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|imag
 # The chat template that ships with Qwen/Qwen2.5-VL-7B-Instruct (its chat_template.json),
 # verbatim. It has no `{% generation %}` markers, and neither does any other Hub checkpoint's,
 # so the SFT loss finds the assistant's reply from the rendered prompt instead
-# (:func:`vadr1_lib.sft.reply_token_mask`); the tiny model ships this very template so that
+# (:func:`vadr1_lib.training.sft.reply_token_mask`); the tiny model ships this very template so that
 # the CPU profiles take the same path as a downloaded checkpoint.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"

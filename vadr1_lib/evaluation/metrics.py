@@ -2,7 +2,7 @@
 
 Most functions take plain values (booleans, spans, token lists), not parsed completions, so
 each definition can be checked by hand; wiring completions to them is
-:mod:`vadr1_lib.evaluation`'s job. The exception is the release's own reading of an output
+:mod:`vadr1_lib.evaluation.scores`'s job. The exception is the release's own reading of an output
 (its ``<which>``, ``<when>`` and tag removal), which lives here because it is part of the
 release's evaluation, not of the project's parser: :mod:`vadr1_lib.parsing` stays the one
 reading used by the rewards and the strict figures.
@@ -45,8 +45,8 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from nltk.translate.meteor_score import meteor_score
 from rouge import Rouge
 
+from vadr1_lib.evaluation.wordnet import ensure_wordnet
 from vadr1_lib.prompts import NORMAL_LABEL
-from vadr1_lib.wordnet import ensure_wordnet
 
 Span = tuple[float, float]
 

@@ -4,7 +4,7 @@ The CPU profiles cannot download ``Qwen/Qwen2.5-VL-7B-Instruct``, and could not 
 they could. Instead :func:`build_tiny_model` creates a ``Qwen2_5_VLForConditionalGeneration``
 with every part of the real architecture (vision tower with window attention and patch
 merger, 3D M-RoPE, the LM) at toy sizes, with Qwen2.5's real tokenizer restricted to the
-corpus it will see (:mod:`vadr1_lib.tokenizer`), and saves it as an ordinary Hugging Face
+corpus it will see (:mod:`vadr1_lib.model.tokenizer`), and saves it as an ordinary Hugging Face
 folder. :func:`load_model_and_processor` then loads that folder with exactly the
 ``from_pretrained`` calls that load the 7B checkpoint on a GPU, so the notebooks never branch
 on "tiny or real".
@@ -41,9 +41,9 @@ from transformers import (
 )
 from transformers.video_utils import VideoMetadata
 
-from vadr1_lib import tokenizer as qwen_tok
 from vadr1_lib.config import ModelConfig, Profile, VideoConfig
-from vadr1_lib.video import VideoClip
+from vadr1_lib.data.video import VideoClip
+from vadr1_lib.model import tokenizer as qwen_tok
 
 TINY_MARKER_FILE = "vadr1_tiny.json"
 STAGE_MARKER_FILE = "vadr1_stage.json"  # written by a finished training stage (sft, grpo)

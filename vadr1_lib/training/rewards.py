@@ -47,8 +47,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vadr1_lib import modeling, parsing, prompts, taxonomy, video
+from vadr1_lib import parsing, prompts
 from vadr1_lib.config import GRPOConfig, Profile
+from vadr1_lib.data import taxonomy, video
+from vadr1_lib.model import modeling
 from vadr1_lib.prompts import ABNORMAL_LABEL, NORMAL_LABEL
 
 

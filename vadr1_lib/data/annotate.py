@@ -49,9 +49,15 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from vadr1_lib import paths, taxonomy
-from vadr1_lib.prompts import NORMAL_LABEL, format_answer_abnormal, format_answer_normal, format_think
-from vadr1_lib.video import uniform_frame_indices
+from vadr1_lib import paths
+from vadr1_lib.data import taxonomy
+from vadr1_lib.data.video import uniform_frame_indices
+from vadr1_lib.prompts import (
+    NORMAL_LABEL,
+    format_answer_abnormal,
+    format_answer_normal,
+    format_think,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +81,7 @@ class ClipFacts:
     path seen by a fixed CCTV camera, where pedestrians walk"; it must not mention the
     anomaly, because step 1 (global perception) is built from it.
 
-    ``category`` is a canonical taxonomy name (:data:`vadr1_lib.taxonomy.CATEGORIES`) or
+    ``category`` is a canonical taxonomy name (:data:`vadr1_lib.data.taxonomy.CATEGORIES`) or
     ``"Normal"``. For an abnormal clip, frames ``start_frame <= f < end_frame`` show the
     anomaly (end exclusive); these are the release's ``start``/``end`` fields, and
     ``<when>`` is ``[start/total, end/total]``, so an anomaly lasting to the last frame has

@@ -22,9 +22,9 @@ rows and the release's RL accuracy reward only know ``Abnormal``/``Normal``. We 
 
 - SFT targets keep the fine-grained category, so that SFT teaches the model what kind of
   anomaly it sees. ``SFTRecord.category`` is the canonical name (label noise removed,
-  see :mod:`vadr1_lib.taxonomy`), and fine-grained metrics use it.
+  see :mod:`vadr1_lib.data.taxonomy`), and fine-grained metrics use it.
 - The RL accuracy reward and the detection metrics use the binary view: anything that is
-  not exactly Normal counts as Abnormal (:func:`vadr1_lib.taxonomy.is_abnormal`). A
+  not exactly Normal counts as Abnormal (:func:`vadr1_lib.data.taxonomy.is_abnormal`). A
   model that answers "Traffic Accidents" on an RL video labelled Abnormal is right.
 
 Video paths
@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from vadr1_lib import taxonomy
-from vadr1_lib.taxonomy import ABNORMAL, NORMAL
+from vadr1_lib.data import taxonomy
+from vadr1_lib.data.taxonomy import ABNORMAL, NORMAL
 
 if TYPE_CHECKING:
     import datasets

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from vadr1_lib import paths
-from vadr1_lib.video import CorruptVideoError, VideoInfo, read_video_info
+from vadr1_lib.data.video import CorruptVideoError, VideoInfo, read_video_info
 
 VTEST_MD5 = "d401fe2028f78dd585e2ade0a0d678c0"
 VTEST_NAME = "vtest.avi"

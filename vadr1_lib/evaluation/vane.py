@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
-from vadr1_lib import dataset, modeling, parsing, prompts, taxonomy, video
+from vadr1_lib import parsing, prompts
 from vadr1_lib.config import Profile
+from vadr1_lib.data import dataset, taxonomy, video
+from vadr1_lib.model import modeling
 
 OPTIONS = 4
 QUESTIONS = {

@@ -54,7 +54,7 @@ no S² attention matrix is stored.
 - without: every layer's full activations;
 - logits: B · (logit positions) · vocab · (act + 4 + 4) bytes: the logits, their fp32
   upcast in the loss, and its fp32 gradient. SFT scores the answer (the tail from its first
-  token, ``vadr1_lib.sft``), or every position with ``sft.assistant_only_loss: false``; GRPO
+  token, ``vadr1_lib.training.sft``), or every position with ``sft.assistant_only_loss: false``; GRPO
   only the completion (TRL's ``logits_to_keep``);
 - the vision tower's activations the same way over its patches (4 per video token), only
   when it is trained (``full`` with ``sft.train_vision_encoder``; LoRA leaves it frozen, so
@@ -64,7 +64,7 @@ no S² attention matrix is stored.
 The stage peak is the persistent memory (model states, reference model, overheads) plus
 the largest of the phases that never overlap: "training" (forward + backward of one
 micro-batch), "step" (the optimizer step) and, for GRPO (TRL's GRPOTrainer,
-``vadr1_lib.grpo``), "generation":
+``vadr1_lib.training.grpo``), "generation":
 - generation: ``per_device_train_batch_size · gradient_accumulation_steps`` rollouts at
   once (TRL's default ``steps_per_generation``); KV cache 2 · L · kv_dim · S · rollouts ·
   act bytes; one layer's prefill activations; under ZeRO-3 TRL gathers the full policy for
@@ -103,7 +103,8 @@ from typing import Any
 
 import yaml
 
-from vadr1_lib import launch, paths
+from vadr1_lib import paths
+from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
 
 GIB = 1024**3

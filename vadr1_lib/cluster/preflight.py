@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from vadr1_lib import config, launch, paths
+from vadr1_lib import config, paths
+from vadr1_lib.cluster import launch
 
 STEPS = 2
 SFT_ROWS_PER_VERDICT = 2  # per split: SFT-train and the stand-in test split
@@ -107,8 +108,8 @@ def _cuda_devices() -> int:
 def hub_shaped_model(requested: config.Profile, target: Path) -> Path:
     """A tiny stand-in for the profile's Hub checkpoint, saved as a downloaded one is laid
     out: the full vocabulary, the Hub's chat template, tied or untied LM head as the real one."""
-    from vadr1_lib import modeling
-    from vadr1_lib.memory import KNOWN_CONFIGS
+    from vadr1_lib.cluster.memory import KNOWN_CONFIGS
+    from vadr1_lib.model import modeling
 
     tied = KNOWN_CONFIGS.get(requested.model.name_or_path, {}).get("tie_word_embeddings", True)
     tiny = config.load_profile(requested.name, [*requested.overrides, "model.name_or_path=tiny",
@@ -155,7 +156,7 @@ def stand_in_data(rows_by_file: dict[str, list[dict[str, Any]]], release_dir: Pa
     import cv2
     import numpy as np
 
-    from vadr1_lib import dataset, footage, video
+    from vadr1_lib.data import dataset, footage, video
 
     source = footage.ensure_vtest()
     info = video.read_video_info(source)
@@ -269,7 +270,10 @@ def _timed(report: PreflightReport, name: str, work: Callable[[], str], log: Cal
 def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path | None = None,
         log: Callable[[str], None] = print) -> PreflightReport:
     """Pre-flight the profile (module docstring) and report each stage's outcome and time."""
-    from vadr1_lib import evaluation, modeling, sft, stages
+    from vadr1_lib import stages
+    from vadr1_lib.evaluation import scores
+    from vadr1_lib.model import modeling
+    from vadr1_lib.training import sft
 
     requested = config.load_profile(profile_name, overrides)
     if requested.data.dataset != "release" or requested.model.name_or_path == "tiny":
@@ -314,7 +318,7 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
             return f"{len(rows)} videos, {sum(r['new_tokens'] for r in rows)} tokens, {sampling}"
 
         def evaluate() -> str:
-            figures = evaluation.evaluate_predictions_file(predictions["file"], stages.test_records(profile),
+            figures = scores.evaluate_predictions_file(predictions["file"], stages.test_records(profile),
                                                            bootstrap_resamples=profile.eval.bootstrap_resamples)
             return (f"{figures['videos']} videos: accuracy {figures['detection']['accuracy']:.2f}, "
                     f"mIoU {figures['temporal']['miou']:.2f}, METEOR {figures['text']['meteor']:.3f} "

@@ -28,7 +28,7 @@ def _read(profile: Profile, notebook: str) -> dict[str, Any] | None:
 
 
 def results_markdown(profile: Profile) -> str:
-    from vadr1_lib.evaluation import figure
+    from vadr1_lib.evaluation.scores import figure
 
     evaluation = _read(profile, "05_evaluation")
     if evaluation is None:

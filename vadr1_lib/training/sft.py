@@ -13,7 +13,7 @@ sampling rate, and builds the labels:
 
 - loss on the assistant's tokens only (``sft.assistant_only_loss: true``, the default):
   the reply and its end-of-turn token, located from the rendered template
-  (:class:`vadr1_lib.modeling.ReplyLocator`), so any Qwen2.5-VL checkpoint's template works;
+  (:class:`vadr1_lib.model.modeling.ReplyLocator`), so any Qwen2.5-VL checkpoint's template works;
 - or on every text token (``false``), as the release did: the model then also learns to
   predict the system prompt and the instruction, which costs capacity on text it is always
   given. Vision placeholder tokens never carry loss (they are inputs, not predictions).
@@ -39,7 +39,7 @@ take its causal kernel (about 15% of a step on the CPU). Labels still ignore the
 
 Modes (``sft.mode``): ``full`` trains every weight; ``lora`` trains adapters on the language
 model's projections; ``qlora`` does the same on a 4-bit NF4 base
-(:func:`vadr1_lib.modeling.load_for_training`).
+(:func:`vadr1_lib.model.modeling.load_for_training`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ from typing import Any, Callable
 import datasets
 import torch
 
-from vadr1_lib import dataset, modeling, prompts, video
+from vadr1_lib import prompts
 from vadr1_lib.config import Profile
+from vadr1_lib.data import dataset, video
+from vadr1_lib.model import modeling
 
 CACHE_BYTES = 1 << 30  # decoded clips / processed examples kept in memory across epochs
 

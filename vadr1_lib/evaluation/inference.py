@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from vadr1_lib import dataset, modeling, parsing, prompts, video
+from vadr1_lib import parsing, prompts
 from vadr1_lib.config import Profile
+from vadr1_lib.data import dataset, video
+from vadr1_lib.model import modeling
 
 
 @dataclass(frozen=True)
