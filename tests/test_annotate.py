@@ -18,19 +18,9 @@ import numpy as np
 import pytest
 
 from vadr1_lib.data import taxonomy
-from vadr1_lib.data.annotate import (
-    API_KEY_ENV,
-    PHRASES,
-    Annotation,
-    ClipFacts,
-    DashScopeAnnotator,
-    DashScopeError,
-    MissingAPIKeyError,
-    OfflineAnnotator,
-    annotate_clips,
-    phrases_for,
-    where_words,
-)
+from vadr1_lib.data.annotate import Annotation, ClipFacts, OfflineAnnotator, annotate_clips, where_words
+from vadr1_lib.data.dashscope import API_KEY_ENV, DashScopeAnnotator, DashScopeError, MissingAPIKeyError
+from vadr1_lib.data.phrases import PHRASES, phrases_for
 from vadr1_lib.parsing import parse_completion
 
 SCENE = "a paved campus path seen by a fixed CCTV camera, where pedestrians walk"

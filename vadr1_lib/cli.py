@@ -87,11 +87,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from vadr1_lib.data import synth
+    from vadr1_lib.data import mini
 
     profile = _profile(args)
-    report = synth.build_dataset(profile, footage=Path(args.footage) if args.footage else None, progress=True)
-    print(synth.format_build_report(report))
+    report = mini.build_dataset(profile, footage=Path(args.footage) if args.footage else None, progress=True)
+    print(mini.format_build_report(report))
     return 0
 
 

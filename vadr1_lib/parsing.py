@@ -63,15 +63,15 @@ from vadr1_lib.prompts import (
     ABNORMAL_ANSWER_TAGS,
     ABNORMAL_LABEL,
     ABNORMAL_STEP_COUNT,
+    BLOCK_TAGS,
     NORMAL_ANSWER_TAGS,
     NORMAL_LABEL,
     NORMAL_STEP_COUNT,
     PROMPT_KINDS,
+    STEP_TAGS,
+    TEMPLATE_TAG_PATTERN,
 )
 
-_BLOCK_TAGS = ("think", "answer")
-_STEP_TAGS = tuple(f"step{n}" for n in range(1, 10))
-_TAG_RE = re.compile(r"<(/?)(think|answer|step[1-9]|which|what|when|where|why|how)>")
 # A decimal number without exponent; a sign is accepted so that "-0.1" reads as out of range.
 _NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 _SPAN_RE = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
@@ -79,9 +79,9 @@ _SPAN_RE = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
 
 def _parent_of(name: str) -> str | None:
     """The block a tag must sit directly inside (None: the top level)."""
-    if name in _BLOCK_TAGS:
+    if name in BLOCK_TAGS:
         return None
-    return "think" if name in _STEP_TAGS else "answer"
+    return "think" if name in STEP_TAGS else "answer"
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class _TagIndex:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.tags = [_Tag(m.group(1) == "/", m.group(2), m.start(), m.end()) for m in _TAG_RE.finditer(text)]
+        self.tags = [_Tag(m.group(1) == "/", m.group(2), m.start(), m.end()) for m in TEMPLATE_TAG_PATTERN.finditer(text)]
         self.starts = [tag.start for tag in self.tags]
         # next_close[i]: index of the first closing tag after i with the same name as tag i.
         self.next_close: list[int | None] = [None] * len(self.tags)
@@ -183,7 +183,7 @@ class _TagIndex:
         while i < len(self.tags) and self.tags[i].end <= hi:
             tag = self.tags[i]
             j = self.next_close[i]
-            if not tag.closing and tag.name in _STEP_TAGS and j is not None and self.tags[j].end <= hi:
+            if not tag.closing and tag.name in STEP_TAGS and j is not None and self.tags[j].end <= hi:
                 found.append(self.text[tag.end : self.tags[j].start].strip())
                 i = j + 1
             else:
@@ -240,9 +240,9 @@ def _scan_structure(index: _TagIndex) -> _Structure:
     def close_top(end: int) -> None:
         name, content_start, placed = stack.pop()
         open_counts[name] -= 1
-        if placed and name in _STEP_TAGS:
+        if placed and name in STEP_TAGS:
             result.steps.append((int(name[4:]), text[content_start:end]))
-        elif placed and name not in _BLOCK_TAGS:
+        elif placed and name not in BLOCK_TAGS:
             result.fields.append((name, text[content_start:end]))
 
     position = 0
@@ -252,11 +252,11 @@ def _scan_structure(index: _TagIndex) -> _Structure:
         if not tag.closing:
             container = stack[-1][0] if stack else None
             placed = container == _parent_of(tag.name)
-            if placed and tag.name in _BLOCK_TAGS:
+            if placed and tag.name in BLOCK_TAGS:
                 result.blocks.append(tag.name)
             elif not placed:
-                leaf_container = container is not None and container not in _BLOCK_TAGS
-                if leaf_container or tag.name in _BLOCK_TAGS:
+                leaf_container = container is not None and container not in BLOCK_TAGS
+                if leaf_container or tag.name in BLOCK_TAGS:
                     result.problems.append("nested tags")
                 else:
                     result.problems.append(f"misplaced <{tag.name}>")
@@ -279,7 +279,7 @@ def _scan_structure(index: _TagIndex) -> _Structure:
 def _block_problems(blocks: list[str], kind: str) -> list[str]:
     problems: list[str] = []
     wanted = ("think", "answer") if kind == "p2c" else ("answer",)
-    for name in _BLOCK_TAGS:
+    for name in BLOCK_TAGS:
         count = blocks.count(name)
         if name not in wanted and count:
             problems.append(f"unexpected <{name}>")

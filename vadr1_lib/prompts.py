@@ -26,6 +26,7 @@ real release look the same to the tokenizer, the parser and the metrics.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,12 +92,12 @@ def build_messages(kind: str, video: Any = None, *, target: str | None = None) -
     return messages
 
 
-_TEMPLATE_TAG_NAMES: tuple[str, ...] = (
-    "think",
-    "answer",
-    *(f"step{n}" for n in range(1, 10)),
-    *ABNORMAL_ANSWER_TAGS,
-)
+# Every tag of the output template, defined once: the parser, the annotators and the
+# field checks below read these.
+BLOCK_TAGS: tuple[str, ...] = ("think", "answer")
+STEP_TAGS: tuple[str, ...] = tuple(f"step{n}" for n in range(1, 10))
+TEMPLATE_TAGS: tuple[str, ...] = (*BLOCK_TAGS, *STEP_TAGS, *ABNORMAL_ANSWER_TAGS)
+TEMPLATE_TAG_PATTERN = re.compile(rf"<(/?)({'|'.join(TEMPLATE_TAGS)})>")  # group 1: "/" for a closing tag
 
 
 def _checked_text(name: str, value: str) -> str:
@@ -105,7 +106,7 @@ def _checked_text(name: str, value: str) -> str:
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value.strip():
         raise ValueError(f"{name} is empty")
-    for tag in _TEMPLATE_TAG_NAMES:
+    for tag in TEMPLATE_TAGS:
         if f"<{tag}>" in value or f"</{tag}>" in value:
             raise ValueError(f"{name} contains the template tag <{tag}>: {value!r}")
     return value

@@ -33,9 +33,9 @@ class Splits:
 def data_splits(profile: Profile) -> Splits:
     """Vad-Reasoning-Mini (built when missing) or the real release (``data.dataset: release``)."""
     if profile.data.dataset == "mini":
-        from vadr1_lib.data import synth
+        from vadr1_lib.data import mini
 
-        built = synth.ensure_dataset(profile)
+        built = mini.ensure_dataset(profile)
         return Splits(built.sft_train, built.rl, built.test, None)
     if profile.data.dataset == "release":
         folder = Path(profile.data.release_dir) if profile.data.release_dir else paths.release_dir()

@@ -74,7 +74,7 @@ def ensure_vtest(data_dir: Path | None = None) -> Path:
     Raises FootageUnavailableError when neither source works.
     """
     target = vtest_path(data_dir)
-    if target.is_file() and _md5(target) == VTEST_MD5:
+    if target.is_file() and md5(target) == VTEST_MD5:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -97,7 +97,8 @@ class _SourceFailed(Exception):
     """One source of vtest.avi did not work; ensure_vtest tries the next."""
 
 
-def _md5(path: Path) -> str:
+def md5(path: Path) -> str:
+    """Content identity of a file (read in chunks: a few seconds per GB)."""
     digest = hashlib.md5()
     with path.open("rb") as f:
         while chunk := f.read(_COPY_CHUNK_BYTES):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from vadr1_lib.config import load_profile
-from vadr1_lib.data import synth, taxonomy
+from vadr1_lib.data import clips, drawing, mini, taxonomy
 from vadr1_lib.data.dataset import load_rl, load_sft
 from vadr1_lib.data.footage import FootageUnavailableError, ensure_vtest
 from vadr1_lib.data.video import load_frames, read_video_info, write_video
@@ -30,14 +30,14 @@ def ci_profile():
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, ci_profile) -> synth.BuildReport:
-    return synth.build_dataset(ci_profile, tmp_path_factory.mktemp("mini") / "ci", progress=False)
+def built(tmp_path_factory, ci_profile) -> mini.BuildReport:
+    return mini.build_dataset(ci_profile, tmp_path_factory.mktemp("mini") / "ci", progress=False)
 
 
 @pytest.fixture(scope="module")
 def vtest_window() -> np.ndarray:
     """32 frames (8 s at 4 fps) of vtest, at a quarter of its size."""
-    frames = load_frames(ensure_vtest(), synth.source_indices(100, 32, 10.0, 4.0))
+    frames = load_frames(ensure_vtest(), clips.source_indices(100, 32, 10.0, 4.0))
     return np.ascontiguousarray(frames[:, ::4, ::4])
 
 
@@ -94,7 +94,7 @@ def test_every_video_exists_with_the_profile_shape(built, ci_profile):
 
 
 def test_answers_carry_the_exact_span_and_boxes_cover_it(built):
-    boxes = synth.load_boxes(built.paths)
+    boxes = mini.load_boxes(built.paths)
     for record in [*load_sft(built.paths.sft_train), *load_sft(built.paths.test)]:
         truth = boxes[record.video]
         assert truth["category"] == record.category
@@ -111,8 +111,8 @@ def test_answers_carry_the_exact_span_and_boxes_cover_it(built):
 
 
 def test_test_clips_come_from_later_footage_than_training_clips(built):
-    boxes = synth.load_boxes(built.paths)
-    split_point = int(795 * synth.TRAIN_FRACTION)  # 596 for vtest
+    boxes = mini.load_boxes(built.paths)
+    split_point = int(795 * clips.TRAIN_FRACTION)  # 596 for vtest
     for entry in boxes.values():
         frames = entry["source_frames"]
         if entry["split"] == "test":
@@ -125,7 +125,7 @@ def test_test_clips_come_from_later_footage_than_training_clips(built):
 
 
 def test_same_seed_gives_identical_files_and_frames(built, ci_profile, tmp_path):
-    again = synth.build_dataset(ci_profile, tmp_path / "again", progress=False)
+    again = mini.build_dataset(ci_profile, tmp_path / "again", progress=False)
     for name in ("sft_train.jsonl", "rl.jsonl", "test.jsonl", "boxes.json"):
         assert _sha256(built.paths.root / name) == _sha256(again.paths.root / name)
     assert _frames_digest(built.paths.root) == _frames_digest(again.paths.root)
@@ -133,18 +133,18 @@ def test_same_seed_gives_identical_files_and_frames(built, ci_profile, tmp_path)
 
 def test_a_clip_does_not_depend_on_the_split_size(built, tmp_path):
     smaller = load_profile("ci", {"data.n_sft_train": 2, "data.n_rl": 0, "data.n_test": 0})
-    report = synth.build_dataset(smaller, tmp_path / "small", progress=False)
+    report = mini.build_dataset(smaller, tmp_path / "small", progress=False)
     assert _raw_rows(report.paths.sft_train) == _raw_rows(built.paths.sft_train)[:2]
     assert report.paths.rl.read_text() == ""
 
 
-@pytest.mark.parametrize("category", synth.DRAWN_CATEGORIES)
+@pytest.mark.parametrize("category", drawing.DRAWN_CATEGORIES)
 def test_drawn_anomaly_is_large_and_only_inside_its_span(category, vtest_window):
     """Rendered with the same generator as a normal clip, the background is identical, so
     every difference is the drawing: none outside the span, a large one inside the box."""
     for seed in range(3):
-        clip = synth.render_clip(vtest_window, category, np.random.default_rng(seed), width=112, height=112)
-        plain = synth.render_clip(vtest_window, taxonomy.NORMAL, np.random.default_rng(seed), width=112, height=112)
+        clip = clips.render_clip(vtest_window, category, np.random.default_rng(seed), width=112, height=112)
+        plain = clips.render_clip(vtest_window, taxonomy.NORMAL, np.random.default_rng(seed), width=112, height=112)
         assert (clip.crop, clip.flipped, clip.brightness) == (plain.crop, plain.flipped, plain.brightness)
         assert sorted(clip.boxes) == list(range(clip.start, clip.end))
         for k in range(32):
@@ -163,20 +163,20 @@ def test_drawn_anomaly_is_large_and_only_inside_its_span(category, vtest_window)
 
 def test_draw_anomaly_respects_a_given_span_and_rejects_bad_input(vtest_window):
     frames = vtest_window[:8]
-    out, boxes = synth.draw_anomaly(frames, "Fire", np.random.default_rng(0), span=(2, 5))
+    out, boxes = drawing.draw_anomaly(frames, "Fire", np.random.default_rng(0), span=(2, 5))
     assert sorted(boxes) == [2, 3, 4]
     assert np.array_equal(out[:2], frames[:2]) and np.array_equal(out[5:], frames[5:])
     with pytest.raises(ValueError, match="no drawing"):
-        synth.draw_anomaly(frames, "Robbery", np.random.default_rng(0))
+        drawing.draw_anomaly(frames, "Robbery", np.random.default_rng(0))
     with pytest.raises(ValueError, match="span"):
-        synth.draw_anomaly(frames, "Fire", np.random.default_rng(0), span=(3, 9))
+        drawing.draw_anomaly(frames, "Fire", np.random.default_rng(0), span=(3, 9))
 
 
 @pytest.mark.parametrize("total", [2, 8, 32])
 def test_random_span_covers_25_to_70_percent(total):
     lengths = set()
     for seed in range(200):
-        start, end = synth.random_span(total, np.random.default_rng(seed))
+        start, end = drawing.random_span(total, np.random.default_rng(seed))
         assert 0 <= start < end <= total
         lengths.add(end - start)
     assert min(lengths) == max(1, math.ceil(0.25 * total))
@@ -194,28 +194,28 @@ def _write_footage(folder: Path) -> None:
 def test_user_footage_folder_skips_and_counts_bad_files(tmp_path, ci_profile):
     folder = tmp_path / "my footage"
     _write_footage(folder)
-    report = synth.build_dataset(ci_profile, tmp_path / "out", footage=folder, progress=False)
+    report = mini.build_dataset(ci_profile, tmp_path / "out", footage=folder, progress=False)
     assert report.footage == ["good.mp4"]
     assert sorted(name for name, _ in report.skipped_footage) == ["broken.mp4", "short.mp4"]
     assert "too short" in dict(report.skipped_footage)["short.mp4"]
     manifest = json.loads(report.paths.manifest.read_text())
     assert len(manifest["skipped_footage"]) == 2 and manifest["key"]["footage"][0]["name"] == "good.mp4"
     records = load_sft(report.paths.test)
-    assert len(records) == 4 and all(synth.USER_FOOTAGE_SCENE in r.think for r in records)
-    text = synth.format_build_report(report)
+    assert len(records) == 4 and all(clips.USER_FOOTAGE_SCENE in r.think for r in records)
+    text = mini.format_build_report(report)
     assert "sft_train     8 clips (4 abnormal, 4 normal)" in text
     assert "skipped 2 footage file(s)" in text and "broken.mp4:" in text
 
 
 def test_missing_or_unusable_footage_is_a_clear_error(tmp_path, ci_profile):
     with pytest.raises(FileNotFoundError, match="footage folder not found"):
-        synth.build_dataset(ci_profile, tmp_path / "out", footage=tmp_path / "nowhere", progress=False)
+        mini.build_dataset(ci_profile, tmp_path / "out", footage=tmp_path / "nowhere", progress=False)
     only_short = tmp_path / "short"
     only_short.mkdir()
     frames = np.zeros((10, 48, 64, 3), np.uint8)
     write_video(frames, only_short / "tiny.mp4", fps=10.0)
     with pytest.raises(FootageUnavailableError, match="long enough"):
-        synth.build_dataset(ci_profile, tmp_path / "out", footage=only_short, progress=False)
+        mini.build_dataset(ci_profile, tmp_path / "out", footage=only_short, progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -223,17 +223,17 @@ def test_ensure_dataset_reuses_a_matching_build_and_rebuilds_otherwise(built, ci
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt although the manifest matches")
 
-    monkeypatch.setattr(synth, "_build", no_build)
-    assert synth.ensure_dataset(ci_profile, built.paths.root, progress=False) == built.paths
+    monkeypatch.setattr(mini, "_build", no_build)
+    assert mini.ensure_dataset(ci_profile, built.paths.root, progress=False) == built.paths
     calls = []
-    monkeypatch.setattr(synth, "_build", lambda *args, **kwargs: calls.append(args) or built)
-    synth.ensure_dataset(load_profile("ci", {"data.seed": 1}), built.paths.root, progress=False)
+    monkeypatch.setattr(mini, "_build", lambda *args, **kwargs: calls.append(args) or built)
+    mini.ensure_dataset(load_profile("ci", {"data.seed": 1}), built.paths.root, progress=False)
     assert len(calls) == 1
 
 
 def test_interrupted_build_leaves_no_dataset_and_keeps_the_old_one(ci_profile, tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    synth.build_dataset(load_profile("ci", {"data.n_sft_train": 2, "data.n_rl": 0, "data.n_test": 0}), out,
+    mini.build_dataset(load_profile("ci", {"data.n_sft_train": 2, "data.n_rl": 0, "data.n_test": 0}), out,
                         progress=False)
     before = _sha256(out / "sft_train.jsonl")
     written = []
@@ -244,24 +244,24 @@ def test_interrupted_build_leaves_no_dataset_and_keeps_the_old_one(ci_profile, t
             raise KeyboardInterrupt
         return write_video(frames, path, fps)
 
-    monkeypatch.setattr(synth, "write_video", failing_write)
+    monkeypatch.setattr(mini, "write_video", failing_write)
     with pytest.raises(KeyboardInterrupt):
-        synth.build_dataset(load_profile("ci", {"data.seed": 3}), out, progress=False)
+        mini.build_dataset(load_profile("ci", {"data.seed": 3}), out, progress=False)
     assert _sha256(out / "sft_train.jsonl") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no staging folder left
     with pytest.raises(KeyboardInterrupt):
         written.clear()
-        synth.build_dataset(ci_profile, tmp_path / "fresh", progress=False)
+        mini.build_dataset(ci_profile, tmp_path / "fresh", progress=False)
     assert not (tmp_path / "fresh").exists()
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_a_build(tmp_path, ci_profile):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(synth.DatasetBuildError, match="not a Vad-Reasoning-Mini build"):
-        synth.build_dataset(ci_profile, tmp_path, progress=False)
+    with pytest.raises(mini.DatasetBuildError, match="not a Vad-Reasoning-Mini build"):
+        mini.build_dataset(ci_profile, tmp_path, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_bad_parameters_are_rejected(tmp_path):
-    with pytest.raises(synth.DatasetBuildError, match="even"):
-        synth.build_dataset(load_profile("ci", {"data.frame_width": 55}), tmp_path / "x", progress=False)
+    with pytest.raises(mini.DatasetBuildError, match="even"):
+        mini.build_dataset(load_profile("ci", {"data.frame_width": 55}), tmp_path / "x", progress=False)
