@@ -18,8 +18,19 @@ import numpy as np
 import pytest
 
 from vadr1_lib.data import taxonomy
-from vadr1_lib.data.annotate import Annotation, ClipFacts, OfflineAnnotator, annotate_clips, where_words
-from vadr1_lib.data.dashscope import API_KEY_ENV, DashScopeAnnotator, DashScopeError, MissingAPIKeyError
+from vadr1_lib.data.annotate import (
+    Annotation,
+    ClipFacts,
+    OfflineAnnotator,
+    annotate_clips,
+    where_words,
+)
+from vadr1_lib.data.dashscope import (
+    API_KEY_ENV,
+    DashScopeAnnotator,
+    DashScopeError,
+    MissingAPIKeyError,
+)
 from vadr1_lib.data.phrases import PHRASES, phrases_for
 from vadr1_lib.parsing import parse_completion
 

@@ -9,7 +9,7 @@ def test_every_profile_loads_with_all_sections():
     for name in names:
         profile = config.load_profile(name)
         assert profile.name == name
-        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "sft", "grpo", "eval", "launch", "overrides"}
+        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "train", "sft", "grpo", "eval", "launch", "overrides"}
 
 
 def test_paper_profile_carries_the_paper_recipe():
@@ -26,7 +26,7 @@ def test_paper_profile_carries_the_paper_recipe():
     for name in ("full-4xa100", "qlora-24gb", "qlora-t4-16gb"):  # the release's GRPO clipping and sampling
         assert (config.load_profile(name).grpo.max_grad_norm, config.load_profile(name).grpo.top_k) == (5.0, 50)
     assert p.launch.accelerate_config_sft == "zero2.yaml" and p.launch.accelerate_config_grpo == "zero3.yaml"
-    assert config.load_profile("qlora-24gb").sft.mode == "qlora"
+    assert config.load_profile("qlora-24gb").train.mode == "qlora"
 
 
 @pytest.mark.parametrize("name", ["full-4xa100", "qlora-24gb", "qlora-t4-16gb"])
@@ -60,9 +60,9 @@ def test_unknown_profile_lists_the_valid_ones():
     ("override", "message"),
     [
         ("sft.max_step=3", r"unknown key 'sft.max_step'.*sft.max_steps"),
-        ("training.lr=1", r"unknown key 'training.lr'.*data, description, eval, grpo, launch, model, sft, video"),
+        ("training.lr=1", r"unknown key 'training.lr'.*data, description, eval, grpo, launch, model, sft, train, video"),
         ("sft.max_steps=three", "expected int"),
-        ("sft.gradient_checkpointing=1", "expected bool"),
+        ("train.gradient_checkpointing=1", "expected bool"),
         ("sft=3", "is a section"),
         ("sft.max_steps", "not of the form"),
     ],
@@ -96,7 +96,7 @@ def test_overrides_are_recorded_and_reproduce_the_profile():
 
 
 def test_yaml_words_that_pyyaml_calls_booleans_stay_text_in_overrides():
-    p = config.load_profile("ci", ["launch.mixed_precision=no", "grpo.use_ava=false", "data.footage=off"])
-    assert (p.launch.mixed_precision, p.grpo.use_ava, p.data.footage) == ("no", False, "off")
+    p = config.load_profile("ci", ["train.mixed_precision=no", "grpo.use_ava=false", "data.footage=off"])
+    assert (p.train.mixed_precision, p.grpo.use_ava, p.data.footage) == ("no", False, "off")
     with pytest.raises(config.ProfileError, match="expected bool"):
         config.load_profile("ci", ["grpo.use_ava=yes"])  # only true/false are booleans

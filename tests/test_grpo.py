@@ -4,7 +4,6 @@ trains, AVA runs through the real model, and the stage is cached and loadable.""
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from vadr1_lib.config import load_profile
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import grpo, rewards
+from vadr1_lib.training.common import StageMarker
 
 ABNORMAL_OK = prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
     prompts.format_answer_abnormal("Fire", "a fire starts", (0.25, 0.75), "centre", "fire is dangerous", "damage")
@@ -159,7 +159,7 @@ def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci
     profile, start, _ = ci
     out = stages.ensure_grpo(profile, use_ava=True)
     assert out == profile.run_dir / "ava-grpo"
-    marker = json.loads((out / modeling.STAGE_MARKER_FILE).read_text())
+    marker = StageMarker(out).read()
     assert marker["stage"] == "ava-grpo" and marker["global_step"] == 1 and marker["start_model"] == str(start)
     assert set(marker["reward_curves"]) == {"reward", "rewards/accuracy_reward/mean", "rewards/format_reward/mean",
                                             "rewards/length_reward/mean", "rewards/ava_reward/mean"}

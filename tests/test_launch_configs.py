@@ -34,7 +34,7 @@ def test_accelerate_config_loads_with_accelerates_loader(stage: str, zero_stage:
     assert isinstance(config, ClusterConfig)
     assert config.distributed_type == DistributedType.DEEPSPEED
     assert config.deepspeed_config["zero_stage"] == zero_stage
-    assert config.mixed_precision == FULL.launch.mixed_precision == "bf16"
+    assert config.mixed_precision == FULL.train.mixed_precision == "bf16"
     assert config.num_processes == FULL.launch.num_processes == 4
     assert (config.num_machines, config.use_cpu) == (1, False)
     # ZeRO-3 must save one 16-bit file, or the GRPO result would not load with from_pretrained

@@ -4,10 +4,21 @@ import os
 import sys
 import types
 
+import pytest
+
 from vadr1_lib import notebook
 
 
-def test_colab_mounts_drive_and_keeps_runs_and_data_there(monkeypatch):
+@pytest.fixture(autouse=True)
+def private_environment(monkeypatch):
+    """The hosted set-up writes environment variables; keep them out of the other tests."""
+    monkeypatch.setattr(os, "environ", os.environ.copy())
+
+
+def test_colab_mounts_drive_and_keeps_runs_and_data_there(monkeypatch, tmp_path):
+    drive = tmp_path / "drive"  # where Colab would mount it: unmounted here
+    monkeypatch.setattr(notebook, "COLAB_DRIVE", drive)
+    monkeypatch.setitem(notebook.HOSTED_STORAGE, "colab", drive / "MyDrive" / "vadr1")
     mounted = []
     colab = types.ModuleType("google.colab")
     colab.drive = types.SimpleNamespace(mount=mounted.append)
@@ -16,9 +27,9 @@ def test_colab_mounts_drive_and_keeps_runs_and_data_there(monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setenv("VADR1_DATA", "/my/own/data")  # a folder the user chose is kept
     root = notebook.use_hosted_storage()
-    assert mounted == ["/content/drive"] and str(root) == "/content/drive/MyDrive/vadr1"
-    assert os.environ["VADR1_RUNS"] == "/content/drive/MyDrive/vadr1/runs"
-    assert os.environ["VADR1_RELEASE_DIR"] == "/content/drive/MyDrive/vadr1/vad-reasoning"
+    assert mounted == [str(drive)] and root == drive / "MyDrive" / "vadr1"
+    assert os.environ["VADR1_RUNS"] == str(root / "runs")
+    assert os.environ["VADR1_RELEASE_DIR"] == str(root / "vad-reasoning")
     assert os.environ["VADR1_DATA"] == "/my/own/data"
 
 

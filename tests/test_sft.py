@@ -8,6 +8,7 @@ from vadr1_lib import config, prompts, stages
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import sft
+from vadr1_lib.training.common import StageMarker
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _batch(profile, processor, records, **kwargs):
 
 def _trainer(profile, model, processor, train, tmp_path, **kwargs):
     """The SFT trainer as ``sft.train`` builds it, without training."""
-    return sft.video_sft_trainer_class()(
+    return sft.VideoSFTTrainer(
         model=model, args=sft.training_arguments(profile, tmp_path), processing_class=processor, train_dataset=train,
         data_collator=sft.VideoSFTCollator(processor, profile), **kwargs)
 
@@ -253,7 +254,7 @@ def _train_one_step(profile, base, splits, monkeypatch, tmp_path):
         return model, processor
 
     monkeypatch.setattr(modeling, "load_for_training", load_and_watch)
-    sft.train(profile, base, splits.sft_train, output_dir=tmp_path / profile.sft.mode)
+    sft.train(profile, base, splits.sft_train, output_dir=tmp_path / profile.train.mode)
     model = captured["model"]
     after = {n: p.detach().float() for n, p in model.named_parameters()}
     return captured["before"], after, model, seen
@@ -262,8 +263,8 @@ def _train_one_step(profile, base, splits, monkeypatch, tmp_path):
 @pytest.mark.parametrize("mode", ["full", "lora", "qlora"])
 def test_one_step_changes_the_trainable_parameters_and_only_those(ci, monkeypatch, tmp_path, mode):
     profile, base, _, splits = ci
-    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.mode": mode, "sft.learning_rate": 1e-2,
-                                         "sft.train_vision_encoder": True})  # full mode: every weight
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "train.mode": mode, "sft.learning_rate": 1e-2,
+                                         "train.train_vision_encoder": True})  # full mode: every weight
     before, after, model, seen = _train_one_step(profile, base, splits, monkeypatch, tmp_path)
     assert {"pixel_values_videos", "video_grid_thw"} <= seen[0]  # the video reaches the training forward
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -287,7 +288,7 @@ def test_one_step_changes_the_trainable_parameters_and_only_those(ci, monkeypatc
 
 def test_a_frozen_vision_encoder_keeps_its_weights_while_the_merger_trains(ci, monkeypatch, tmp_path):
     profile, base, _, splits = ci
-    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.learning_rate": 1e-2, "sft.train_vision_encoder": False})
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.learning_rate": 1e-2, "train.train_vision_encoder": False})
     before, after, model, _ = _train_one_step(profile, base, splits, monkeypatch, tmp_path)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     encoder = {n for n in before if ".visual." in n and ".merger." not in n}
@@ -322,8 +323,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ci, monkeypatch):
         stages.ensure_sft(profile)
     monkeypatch.setattr(SFTTrainer, "__init__", real_init)
     out = stages.ensure_sft(profile)
-    marker = sft.read_marker(out)
+    marker = StageMarker(out).read()
     assert marker["resumed_from"].endswith("checkpoint-2")
     assert marker["global_step"] == 3
     assert stages.ensure_sft(profile) == out  # finished: reused, not retrained
-    assert sft.read_marker(out)["train_seconds"] == marker["train_seconds"]
+    assert StageMarker(out).read()["train_seconds"] == marker["train_seconds"]

@@ -131,11 +131,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
-    from vadr1_lib.training import sft
+    from vadr1_lib.training.common import StageMarker
 
     profile = _profile(args)
     out = stages.ensure_sft(profile, dry_run=args.dry_run)
-    marker = sft.read_marker(out)
+    marker = StageMarker(out).read()
     if marker and not args.dry_run:
         print(f"SFT ({marker['mode']}) of {marker['base_model']}: {marker['global_step']} steps in "
               f"{marker['train_seconds']:.0f} s -> {out}")
@@ -160,12 +160,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
-    from vadr1_lib.training import sft
+    from vadr1_lib.training.common import StageMarker
 
     profile = _profile(args)
     use_ava = profile.grpo.use_ava and not args.no_ava
     out = stages.ensure_grpo(profile, use_ava=use_ava, dry_run=args.dry_run)
-    marker = sft.read_marker(out)
+    marker = StageMarker(out).read()
     if marker and not args.dry_run:
         step = "" if marker["mean_step_seconds"] is None else f", {marker['mean_step_seconds']:.2f} s/step"
         flips = "" if marker["flip_rate"] is None else f", verifier flip rate {marker['flip_rate']:.2f}"

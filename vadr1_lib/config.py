@@ -38,7 +38,7 @@ PROFILE_ENV_VAR = "VADR1_PROFILE"
 
 class _Yaml12Loader(yaml.SafeLoader):
     """YAML with the 1.2 booleans: only true/false. PyYAML's 1.1 default also reads no, yes,
-    on and off as booleans, so ``--set launch.mixed_precision=no`` arrived as False."""
+    on and off as booleans, so ``--set train.mixed_precision=no`` arrived as False."""
 
 
 _Yaml12Loader.yaml_implicit_resolvers = {
@@ -118,10 +118,26 @@ class ModelConfig:
 
 
 @dataclass
+class TrainConfig:
+    """What SFT and GRPO both read: which weights train, in which precision, with what memory.
+
+    One section, so that GRPO (which continues the SFT result, in the same mode) and SFT
+    cannot disagree, and neither stage reads the other's settings.
+    """
+
+    mode: str = "full"  # full | lora | qlora (vadr1_lib.model.modeling.load_for_training)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    gradient_checkpointing: bool = True
+    train_vision_encoder: bool = True  # full mode: False freezes all of it but the merger
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+
+@dataclass
 class SFTConfig:
     """Supervised fine-tuning (``docs/fidelity.md``, "SFT")."""
 
-    mode: str = "full"  # full | lora | qlora
     learning_rate: float = 1e-6
     num_train_epochs: float = 4.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -131,14 +147,9 @@ class SFTConfig:
     lr_scheduler_type: str = "constant"
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
-    gradient_checkpointing: bool = True
     assistant_only_loss: bool = True  # the release also trained on prompt tokens (False)
     decision_weight: float = 1.0  # loss weight of the token that commits to the verdict (vadr1_lib.training.sft)
-    train_vision_encoder: bool = True  # full mode: False freezes all of it but the merger
     balanced_batches: bool = False  # every batch half Normal, half Abnormal (vadr1_lib.training.sft.ClassBalancedSampler)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
     logging_steps: int = 1
     save_steps: int = 500
     seed: int = 42
@@ -188,7 +199,6 @@ class EvalConfig:
 @dataclass
 class LaunchConfig:
     num_processes: int = 1  # > 1: stages are launched with `accelerate launch`
-    mixed_precision: str = "no"  # no | bf16 | fp16
     accelerate_config_sft: str | None = None  # relative to configs/accelerate/
     accelerate_config_grpo: str | None = None
     torch_threads: int = 0  # 0: leave torch's default; CPU profiles set it deliberately
@@ -208,6 +218,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -354,7 +365,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 COMPARE_KEYS = (
     "model.name_or_path", "model.tiny.hidden_size", "model.dtype", "data.dataset", "data.n_sft_train",
-    "video.max_frames", "video.max_pixels", "sft.mode", "sft.learning_rate", "sft.max_steps", "sft.num_train_epochs",
+    "video.max_frames", "video.max_pixels", "train.mode", "sft.learning_rate", "sft.max_steps", "sft.num_train_epochs",
     "grpo.num_generations", "grpo.beta", "grpo.max_completion_length", "launch.num_processes", "launch.device",
 )
 

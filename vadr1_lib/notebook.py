@@ -20,7 +20,8 @@ from vadr1_lib.model import modeling
 
 # Where a hosted notebook keeps what must outlive its session: a disconnect wipes the
 # machine, so runs (checkpoints) and data go to persistent storage.
-HOSTED_STORAGE = {"colab": Path("/content/drive/MyDrive/vadr1"), "kaggle": Path("/kaggle/working/vadr1")}
+COLAB_DRIVE = Path("/content/drive")  # where Google Drive is mounted on Colab
+HOSTED_STORAGE = {"colab": COLAB_DRIVE / "MyDrive" / "vadr1", "kaggle": Path("/kaggle/working/vadr1")}
 
 
 def hosted_platform() -> str | None:
@@ -38,10 +39,10 @@ def use_hosted_storage() -> Path | None:
     if platform_name is None:
         return None
     root = HOSTED_STORAGE[platform_name]
-    if platform_name == "colab" and not Path("/content/drive/MyDrive").is_dir():
+    if platform_name == "colab" and not (COLAB_DRIVE / "MyDrive").is_dir():
         from google.colab import drive
 
-        drive.mount("/content/drive")
+        drive.mount(str(COLAB_DRIVE))
     for variable, folder in (("VADR1_RUNS", "runs"), ("VADR1_DATA", "data"), ("VADR1_RELEASE_DIR", "vad-reasoning")):
         os.environ.setdefault(variable, str(root / folder))
     print(f"{platform_name}: runs, data and the release files under {root} (put the release's JSONL files in "

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from vadr1_lib import paths
 from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset
 from vadr1_lib.model import modeling
+from vadr1_lib.training.common import StageMarker
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,14 @@ def ensure_base_model(profile: Profile) -> str:
 
 
 def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerprint: str, cli_args: list[str],
-                  train: Callable[[], None], dry_run: bool) -> Path:
+                  train: Callable[[], dict[str, Any]], dry_run: bool) -> Path:
     """Shared life cycle of a training stage: reuse a finished result with the same
     fingerprint; otherwise run ``python -m vadr1_lib <stage>`` under ``accelerate launch``
     (multi-process profiles) or train in this process, discarding a stale partial result
-    first. ``dry_run`` prints what would run instead."""
-    from vadr1_lib.training import sft
-
-    marker = sft.read_marker(out)
-    if marker is not None and marker.get("fingerprint") == fingerprint:
+    first, and mark the result finished with the record ``train`` returns. ``dry_run``
+    prints what would run instead."""
+    marker = StageMarker(out)
+    if marker.finished_with(fingerprint):
         return out
     if launch.needs_launcher(profile):
         command = launch.accelerate_command(profile, stage, ["--profile", profile.name, *cli_args,
@@ -93,8 +94,10 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     if dry_run:
         print(f"would train {label} in this process into {out}")
         return out
-    sft.discard_stale(out, fingerprint)
-    train()
+    marker.begin(fingerprint)
+    record = train()
+    if launch.is_main_process():
+        marker.finish(record)
     return out
 
 
@@ -111,19 +114,16 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     out = sft.stage_dir(profile)
     fingerprint = sft.fingerprint(profile, base, splits.sft_train)
 
-    def train() -> None:
+    def train() -> dict[str, Any]:
         result = sft.train(profile, base, splits.sft_train, output_dir=out, video_root=splits.video_root)
-        if launch.is_main_process():
-            sft.write_marker(result, profile, base, fingerprint)
+        return result.record(profile, base, fingerprint)
 
     return _ensure_stage(profile, "sft", "SFT", out, fingerprint, [], train, dry_run)
 
 
 def _model_identity(model_path: str) -> str:
     """What makes a model's predictions reusable: its stage fingerprint or tiny-model identity, else its path."""
-    from vadr1_lib.training import sft
-
-    marker = sft.read_marker(Path(model_path)) if Path(model_path).is_dir() else None
+    marker = StageMarker(Path(model_path)).read() if Path(model_path).is_dir() else None
     if marker is not None:
         return f"{marker['stage']}:{marker['fingerprint']}"
     info = modeling.tiny_model_info(Path(model_path)) if Path(model_path).is_dir() else None
@@ -176,10 +176,9 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
     out = grpo.stage_dir(profile, use_ava=use_ava)
     fingerprint = grpo.fingerprint(profile, start, splits.rl, use_ava=use_ava)
 
-    def train() -> None:
+    def train() -> dict[str, Any]:
         result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root)
-        if launch.is_main_process():
-            grpo.write_marker(result, profile, start, fingerprint)
+        return result.record(profile, start, fingerprint)
 
     return _ensure_stage(profile, "grpo", "AVA-GRPO" if use_ava else "GRPO", out, fingerprint,
                          [] if use_ava else ["--no-ava"], train, dry_run)

@@ -17,7 +17,7 @@ Model states, following the ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.0205
 and the two moments; Figure 1: 7.5B parameters -> 120 GB; ZeRO-1 on 64 GPUs 31.4 GB, ZeRO-2
 16.6 GB, ZeRO-3 1.9 GB). :func:`model_state_bytes` is that formula and reproduces those
 numbers exactly (``tests/test_memory.py``).
-- ``sft.mode: full`` under DeepSpeed (N > 1, 16-bit weights): weights 2 B, gradients 2 B,
+- ``train.mode: full`` under DeepSpeed (N > 1, 16-bit weights): weights 2 B, gradients 2 B,
   optimizer 12 B per parameter, plus the fp32 copy of the gradient partition that
   DeepSpeed's optimizer makes at the step (4 B; DeepSpeed's own estimator,
   ``estimate_zero2_model_states_mem_needs``, counts it in its 16Ψ/N term). It exists only
@@ -57,7 +57,7 @@ no S² attention matrix is stored.
   token, ``vadr1_lib.training.sft``), or every position with ``sft.assistant_only_loss: false``; GRPO
   only the completion (TRL's ``logits_to_keep``);
 - the vision tower's activations the same way over its patches (4 per video token), only
-  when it is trained (``full`` with ``sft.train_vision_encoder``; LoRA leaves it frozen, so
+  when it is trained (``full`` with ``train.train_vision_encoder``; LoRA leaves it frozen, so
   nothing is kept for its backward). A frozen encoder's weights are still counted with the
   trainable ones' gradients and optimizer states, an overestimate.
 
@@ -240,7 +240,7 @@ class StagePlan:
 class MemoryPlan:
     profile: str
     model: str
-    mode: str  # sft.mode: full | lora | qlora
+    mode: str  # train.mode: full | lora | qlora
     device: str  # cuda | cpu
     parameters: int
     trainable_parameters: int
@@ -408,7 +408,7 @@ def _dtype_bytes(dtype: str) -> int:
 
 def _model_state_components(profile: Profile, spec: ModelSpec, counts: ParameterCounts, zero: int,
                             n: int) -> list[Component]:
-    mode, dtype = profile.sft.mode, profile.model.dtype
+    mode, dtype = profile.train.mode, profile.model.dtype
     w = _dtype_bytes(dtype)
     if mode == "full":
         if zero >= 1 and w == 2:
@@ -430,8 +430,8 @@ def _model_state_components(profile: Profile, spec: ModelSpec, counts: Parameter
             Component("optimizer", int(optimizer), "persistent", f"AdamW: 2 moments in {dtype} ({2 * w} B/param), no DeepSpeed"),
         ]
     if mode not in ("lora", "qlora"):
-        raise ValueError(f"sft.mode must be full, lora or qlora, got {mode!r}")
-    adapters = lora_parameters(spec, profile.sft.lora_r)
+        raise ValueError(f"train.mode must be full, lora or qlora, got {mode!r}")
+    adapters = lora_parameters(spec, profile.train.lora_r)
     shard = n if zero >= 3 else 1
     if mode == "lora":
         base = counts.total * w / shard
@@ -445,7 +445,7 @@ def _model_state_components(profile: Profile, spec: ModelSpec, counts: Parameter
                                                           zero_stage=zero, num_gpus=n)
     return [
         Component("weights", int(base), "persistent", base_note),
-        Component("LoRA adapters", int(adapter_w), "persistent", f"r={profile.sft.lora_r}: {adapters / 1e6:.1f} M params, fp32"),
+        Component("LoRA adapters", int(adapter_w), "persistent", f"r={profile.train.lora_r}: {adapters / 1e6:.1f} M params, fp32"),
         Component("gradients", int(adapter_g), "persistent", "adapters only, fp32"),
         Component("optimizer", int(adapter_opt), "persistent", "AdamW moments of the adapters, 8 B/param"),
     ]
@@ -456,7 +456,7 @@ def _activation_components(profile: Profile, spec: ModelSpec, batch: int, tokens
     """Training-phase activations of ``batch`` sequences (module docstring)."""
     h, layers = spec.hidden_size, spec.num_layers
     per_layer = layer_activation_bytes_per_token(h, spec.kv_dim, spec.intermediate_size, act)
-    checkpointing = profile.sft.gradient_checkpointing
+    checkpointing = profile.train.gradient_checkpointing
     if checkpointing:
         lm = layers * batch * tokens * h * act + 2 * batch * tokens * per_layer
         lm_note = f"checkpointed: {layers} layer inputs + one layer recomputed with its gradients"
@@ -468,7 +468,7 @@ def _activation_components(profile: Profile, spec: ModelSpec, batch: int, tokens
         Component("logits", batch * logit_positions * spec.vocab_size * (act + 8), phase,
                   f"{batch} x {logit_positions} positions x {spec.vocab_size} vocab x (act + fp32 + fp32 grad)"),
     ]
-    if profile.sft.mode == "full" and profile.sft.train_vision_encoder and spec.vision_depth:
+    if profile.train.mode == "full" and profile.train.train_vision_encoder and spec.vision_depth:
         d = spec.vision_hidden_size
         patches = batch * vision_patches
         per_block = layer_activation_bytes_per_token(d, d, spec.vision_intermediate_size, act)
@@ -492,7 +492,7 @@ def _stage_plan(profile: Profile, spec: ModelSpec, counts: ParameterCounts, stag
         g = profile.grpo
         batch = g.per_device_train_batch_size
         seq = sequence_budget(profile, spec, g.max_completion_length)
-        if g.beta > 0 and profile.sft.mode == "full":
+        if g.beta > 0 and profile.train.mode == "full":
             components.append(Component("reference model", int(counts.total * w / (n if zero >= 3 else 1)), "persistent",
                                         f"frozen copy for the KL term (beta={g.beta})" + (f", sharded over {n}" if zero >= 3 else "")))
         rollouts = batch * g.gradient_accumulation_steps
@@ -544,8 +544,8 @@ def plan_memory(profile: Profile, gpu_gb: float | None = None) -> MemoryPlan:
     capacity = gpu_gb if gpu_gb is not None else (profile.launch.gpu_memory_gib if device == "cuda" else None)
     if capacity is not None and capacity <= 0:
         raise ValueError(f"gpu_gb must be positive, got {capacity}")
-    act = 2 if profile.model.dtype in ("bfloat16", "float16") or profile.launch.mixed_precision in ("bf16", "fp16") else 4
-    trainable = counts.total if profile.sft.mode == "full" else lora_parameters(spec, profile.sft.lora_r)
+    act = 2 if profile.model.dtype in ("bfloat16", "float16") or profile.train.mixed_precision in ("bf16", "fp16") else 4
+    trainable = counts.total if profile.train.mode == "full" else lora_parameters(spec, profile.train.lora_r)
     notes = [f"model sizes: {spec.source}"]
     if profile.data.dataset == "mini":
         notes.append(f"SFT answer length: the release's longest target ({SFT_TARGET_TOKENS} tokens), "
@@ -555,7 +555,7 @@ def plan_memory(profile: Profile, gpu_gb: float | None = None) -> MemoryPlan:
     elif capacity is None:
         notes.append("no card size for this profile: pass gpu_gb (--gpu-gb) to get a verdict")
     stages = tuple(_stage_plan(profile, spec, counts, stage, act) for stage in ("sft", "grpo"))
-    return MemoryPlan(profile=profile.name, model=profile.model.name_or_path, mode=profile.sft.mode, device=device,
+    return MemoryPlan(profile=profile.name, model=profile.model.name_or_path, mode=profile.train.mode, device=device,
                       parameters=counts.total, trainable_parameters=trainable, capacity_gib=capacity, stages=stages,
                       notes=tuple(notes))
 
@@ -563,7 +563,7 @@ def plan_memory(profile: Profile, gpu_gb: float | None = None) -> MemoryPlan:
 def format_plan(plan: MemoryPlan) -> str:
     """The plan as a text table, one block per stage."""
     where = "per GPU" if plan.device == "cuda" else "host RAM (CPU profile)"
-    lines = [f"profile {plan.profile}: {plan.model}, sft.mode={plan.mode}, {plan.parameters / 1e9:.3f} B parameters, "
+    lines = [f"profile {plan.profile}: {plan.model}, train.mode={plan.mode}, {plan.parameters / 1e9:.3f} B parameters, "
              f"{plan.trainable_parameters / 1e6:.1f} M trainable; {where}"]
     budget = f"{plan.capacity_gib:g} GiB" if plan.capacity_gib is not None else "none"
     lines.append(f"budget: {budget}")

@@ -273,7 +273,7 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
     from vadr1_lib import stages
     from vadr1_lib.evaluation import scores
     from vadr1_lib.model import modeling
-    from vadr1_lib.training import sft
+    from vadr1_lib.training.common import StageMarker
 
     requested = config.load_profile(profile_name, overrides)
     if requested.data.dataset != "release" or requested.model.name_or_path == "tiny":
@@ -297,13 +297,13 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
                 f"{len(r)} rows of {name}" for name, r in rows.items())
 
         def train_sft() -> str:
-            marker = sft.read_marker(stages.ensure_sft(profile))
-            return f"{marker['global_step']} steps ({profile.sft.mode}), {marker['train_seconds']:.0f} s training"
+            marker = StageMarker(stages.ensure_sft(profile)).read()
+            return f"{marker['global_step']} steps ({profile.train.mode}), {marker['train_seconds']:.0f} s training"
 
         use_ava = profile.grpo.use_ava
 
         def train_grpo() -> str:
-            marker = sft.read_marker(stages.ensure_grpo(profile, use_ava=use_ava))
+            marker = StageMarker(stages.ensure_grpo(profile, use_ava=use_ava)).read()
             ava = "" if not use_ava else f", AVA re-queries {sum(call['queries'] for call in marker['ava_history'])}"
             return f"{marker['global_step']} steps, reward {marker['reward_curves'].get('reward', [None])[-1]}{ava}"
 

@@ -46,7 +46,6 @@ from vadr1_lib.data.video import VideoClip
 from vadr1_lib.model import tokenizer as qwen_tok
 
 TINY_MARKER_FILE = "vadr1_tiny.json"
-STAGE_MARKER_FILE = "vadr1_stage.json"  # written by a finished training stage (sft, grpo)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -218,12 +217,12 @@ QLORA_UNQUANTIZED_MODULES = ["model.visual", "lm_head"]
 
 
 def quantization_config(profile: Profile) -> Any:
-    """4-bit NF4 (QLoRA) for ``sft.mode == "qlora"``; None otherwise.
+    """4-bit NF4 (QLoRA) for ``train.mode == "qlora"``; None otherwise.
 
     The vision tower and the LM head stay unquantized: they are small next to the LM's
     layers, and the merger's output feeds every video token.
     """
-    if profile.sft.mode != "qlora":
+    if profile.train.mode != "qlora":
         return None
     from transformers import BitsAndBytesConfig
 
@@ -256,7 +255,11 @@ def load_model_and_processor(
         from peft import PeftModel
 
         adapter = json.loads((Path(name_or_path) / ADAPTER_CONFIG).read_text())
-        stage = json.loads((Path(name_or_path) / STAGE_MARKER_FILE).read_text()) if (Path(name_or_path) / STAGE_MARKER_FILE).is_file() else {}
+        from vadr1_lib.training.common import (
+            StageMarker,  # here: training imports this module
+        )
+
+        stage = StageMarker(Path(name_or_path)).read() or {}
         base = _load_base(adapter["base_model_name_or_path"], profile, quantize=stage.get("mode") == "qlora")
         model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=trainable_adapter)
     else:
@@ -280,16 +283,16 @@ def freeze_vision_encoder(model: Any) -> None:
 
 
 def load_for_training(name_or_path: str | Path, profile: Profile) -> tuple[Any, Qwen2_5_VLProcessor]:
-    """The model SFT trains, by ``sft.mode``: full weights, LoRA adapters, or QLoRA (4-bit base + LoRA).
+    """The model SFT trains, by ``train.mode``: full weights, LoRA adapters, or QLoRA (4-bit base + LoRA).
 
     A LoRA/QLoRA run that starts from an adapter folder keeps training that adapter.
     """
-    mode = profile.sft.mode
+    mode = profile.train.mode
     if mode not in ("full", "lora", "qlora"):
-        raise ValueError(f"sft.mode must be full, lora or qlora, got {mode!r}")
+        raise ValueError(f"train.mode must be full, lora or qlora, got {mode!r}")
     if mode == "full" or is_adapter(name_or_path):
         model, processor = load_model_and_processor(name_or_path, profile, trainable_adapter=True)
-        if mode == "full" and not profile.sft.train_vision_encoder:
+        if mode == "full" and not profile.train.train_vision_encoder:
             freeze_vision_encoder(model)
         return model, processor
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -297,11 +300,11 @@ def load_for_training(name_or_path: str | Path, profile: Profile) -> tuple[Any, 
     processor = load_processor(name_or_path, profile)
     model = _load_base(name_or_path, profile, quantize=mode == "qlora")
     if mode == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.sft.gradient_checkpointing,
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=profile.train.gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.to(pick_device(profile))
-    lora = LoraConfig(r=profile.sft.lora_r, lora_alpha=profile.sft.lora_alpha, lora_dropout=profile.sft.lora_dropout,
+    lora = LoraConfig(r=profile.train.lora_r, lora_alpha=profile.train.lora_alpha, lora_dropout=profile.train.lora_dropout,
                       target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM")
     return get_peft_model(model, lora), processor
 

@@ -46,7 +46,7 @@ from vadr1_lib import prompts
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
-from vadr1_lib.training import rewards, sft
+from vadr1_lib.training import common, rewards
 
 CLIP_COLUMN = "clip"  # attached by the transform: the decoded training clip (a VideoClip)
 PATH_COLUMN = "video_path"  # Arrow column: where the clip comes from (AVA re-reads it trimmed)
@@ -168,7 +168,7 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
     rows = datasets.Dataset.from_list([
         {"id": f"{r.source}/{r.video}", PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
     ])
-    clips = sft.BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
+    clips = common.BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
 
     def attach_clips(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         decoded = [clips(path) for path in batch[PATH_COLUMN]]
@@ -184,28 +184,27 @@ def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
 
 def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool) -> str:
     """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint)."""
-    start_marker = sft.read_marker(Path(start_model)) if Path(start_model).is_dir() else None
+    start_marker = common.StageMarker(Path(start_model)).read() if Path(start_model).is_dir() else None
     blob = json.dumps({"start": str(start_model), "start_fingerprint": (start_marker or {}).get("fingerprint"),
                        "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
                        "model": asdict(profile.model), "video": asdict(profile.video), "grpo": asdict(profile.grpo),
-                       "sft_mode": profile.sft.mode}, sort_keys=True)
+                       "train_settings": asdict(profile.train)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> trl.GRPOConfig:
     """TRL's config from the profile. ``loss_type="grpo"`` averages over each completion's
     tokens, then over completions (``docs/vad-r1.md``, "GRPO as the paper uses it"); TRL's default
-    ``dapo`` would not. Memory settings (gradient checkpointing) come from the SFT section."""
+    ``dapo`` would not. Precision and memory settings come from the ``train`` section, as for SFT."""
     g = profile.grpo
     return trl.GRPOConfig(
-        **sft.common_trainer_arguments(profile, output_dir, g),
+        **common.trainer_arguments(profile, output_dir, g),
         num_generations=g.num_generations,
         beta=g.beta,
         max_completion_length=g.max_completion_length,
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
-        max_grad_norm=g.max_grad_norm,
         # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
         generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
         loss_type="grpo",
@@ -228,6 +227,21 @@ class GRPOResult:
     @property
     def mean_step_seconds(self) -> float | None:
         return statistics.fmean(self.step_seconds) if self.step_seconds else None
+
+    def record(self, profile: Profile, start_model: str | Path, fingerprint_value: str) -> dict[str, Any]:
+        """What the stage marker keeps: settings identity, timing, the log and the reward breakdown.
+
+        ``mode`` is the training mode the weights were made in: loading reads it to
+        re-quantize a QLoRA adapter's base.
+        """
+        return {
+            "stage": "ava-grpo" if self.use_ava else "grpo", "profile": profile.name, "mode": profile.train.mode,
+            "start_model": str(start_model), "fingerprint": fingerprint_value, "train_seconds": self.train_seconds,
+            "global_step": self.global_step, "resumed_from": self.resumed_from,
+            "mean_step_seconds": self.mean_step_seconds, "step_seconds": self.step_seconds,
+            "reward_curves": self.reward_curves(), "flip_rate": self.flip_rate,
+            "ava_history": self.ava_history, "log_history": self.log_history,
+        }
 
     def reward_curves(self) -> dict[str, list[float]]:
         """Mean reward per logged step for each reward function, and the total."""
@@ -262,30 +276,12 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
     funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
     trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
                                train_dataset=rl_dataset(records, profile), processing_class=processor)
-    seconds, resume = sft.train_and_save(trainer, processor, output_dir, checkpoints)
+    seconds, resume = common.train_and_save(trainer, processor, output_dir, checkpoints)
     ava = funcs[-1] if use_ava else None
     history = trainer.state.log_history
     return GRPOResult(output_dir, use_ava, seconds, trainer.state.global_step, history, resume,
                       [entry["step_time"] for entry in history if "step_time" in entry],
                       ava.history if ava else [], ava.flip_rate if ava else None)
-
-
-def write_marker(result: GRPOResult, profile: Profile, start_model: str | Path, fingerprint_value: str) -> None:
-    """Mark the stage finished (``ensure_grpo`` reuses it) with its log and reward breakdown.
-
-    ``mode`` is the SFT mode the weights were trained in: ``load_model_and_processor``
-    reads it to re-quantize a QLoRA adapter's base.
-    """
-    marker = {
-        "stage": "ava-grpo" if result.use_ava else "grpo", "profile": profile.name, "mode": profile.sft.mode,
-        "start_model": str(start_model), "fingerprint": fingerprint_value, "train_seconds": result.train_seconds,
-        "global_step": result.global_step, "resumed_from": result.resumed_from,
-        "mean_step_seconds": result.mean_step_seconds, "step_seconds": result.step_seconds,
-        "reward_curves": result.reward_curves(), "flip_rate": result.flip_rate,
-        "ava_history": result.ava_history, "log_history": result.log_history,
-    }
-    (result.output_dir / modeling.STAGE_MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-    (result.output_dir / "pending-fingerprint").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""What SFT and GRPO share: the trainer settings, the train-resume-save step, the stage
+marker, and a byte-bounded cache.
+
+Both stages run TRL's own loop (optimizer, schedule, checkpoints, accelerate/DeepSpeed,
+logging) with a small subclass each (:class:`vadr1_lib.training.sft.VideoSFTTrainer`,
+:class:`vadr1_lib.training.grpo.VideoGRPOTrainer`). What they have in common lives here
+once: the run settings every trainer takes from the profile (``train`` section: precision
+and memory; the stage's own section: batch, schedule, steps), how a stage resumes from its
+newest checkpoint and saves its result, and how a finished stage is recognised later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from vadr1_lib.config import Profile
+from vadr1_lib.model import modeling
+
+CACHE_BYTES = 1 << 30  # decoded clips / processed examples kept in memory across epochs
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+
+
+class BoundedCache:
+    """``load(key)`` results kept while their ``nbytes`` fit in a byte budget (oldest dropped first).
+
+    Decoding and processing give the same result every epoch, so small datasets pay for
+    them once; a real-scale dataset simply streams.
+    """
+
+    def __init__(self, load: Callable[[Any], Any], nbytes: Callable[[Any], int], max_bytes: int = CACHE_BYTES) -> None:
+        self._load = load
+        self._nbytes = nbytes
+        self._max_bytes = max_bytes
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._bytes = 0
+
+    def __call__(self, key: Any) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._load(key)
+        size = self._nbytes(value)
+        if size <= self._max_bytes:
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= self._nbytes(dropped)
+        return value
+
+
+def mixed_precision_flags(profile: Profile) -> dict[str, bool]:
+    """``bf16`` / ``fp16`` for the trainer from ``train.mixed_precision``.
+
+    Passed on as asked, wherever the run is: bf16 autocasts on a CPU too, and a GPU
+    without bf16 (a T4) then fails at once with transformers' own message instead of
+    silently training in fp32. fp16 takes effect on a GPU only (accelerate enables its
+    autocast and gradient scaler there; on a CPU the fp16 weights run without them).
+    """
+    precision = profile.train.mixed_precision
+    if precision not in MIXED_PRECISIONS:
+        raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {precision!r}")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[str, Any]:
+    """The trainer settings of a stage: its own ``section`` (``profile.sft`` or
+    ``profile.grpo``: batch, schedule, steps, seeds) and what both stages share (``train``:
+    precision and memory; ``launch``: device and trackers)."""
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=section.per_device_train_batch_size,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+        learning_rate=section.learning_rate,
+        num_train_epochs=section.num_train_epochs,
+        max_steps=section.max_steps,
+        lr_scheduler_type=section.lr_scheduler_type,
+        weight_decay=section.weight_decay,
+        max_grad_norm=section.max_grad_norm,
+        gradient_checkpointing=profile.train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **mixed_precision_flags(profile),
+        logging_steps=section.logging_steps,
+        save_steps=section.save_steps,
+        save_total_limit=2,
+        seed=section.seed,
+        data_seed=section.seed,
+        report_to=profile.launch.report_to or "none",
+        run_name=f"{profile.name}/{Path(output_dir).parent.name}",  # e.g. full-4xa100/ava-grpo
+        remove_unused_columns=False,  # the video path column must reach the collator / rewards
+        use_cpu=modeling.pick_device(profile).type == "cpu",
+        dataloader_num_workers=0,
+    )
+
+
+def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: Path) -> tuple[float, str | None]:
+    """Train (resuming from the newest checkpoint if there is one), then save the model or
+    adapter and the processor; returns the training seconds and the checkpoint resumed from."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    log_beside_checkpoints(trainer, output_dir / "logs")
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(output_dir))
+    return seconds, resume
+
+
+def log_beside_checkpoints(trainer: Any, logs: Path) -> None:
+    """Send the trackers' files to ``<stage>/logs`` (TensorBoard would otherwise write into
+    the checkpoint folder, Weights & Biases into the working directory). A resumed run
+    appends to the same place, so one TensorBoard view shows a requeued job as one curve."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(logs)
+    if "wandb" in trainer.args.report_to:
+        os.environ.setdefault("WANDB_DIR", str(logs))
+
+
+@dataclass(frozen=True)
+class StageMarker:
+    """Whether a training stage's folder holds a finished result, and made with which settings.
+
+    A finished stage writes ``vadr1_stage.json`` (its fingerprint, mode, timing and log).
+    While it trains, ``pending-fingerprint`` holds the fingerprint of the run in progress,
+    so that a later run with the same settings resumes its checkpoints and a run with other
+    settings throws them away instead.
+    """
+
+    folder: Path
+    FILE: ClassVar[str] = "vadr1_stage.json"
+    PENDING: ClassVar[str] = "pending-fingerprint"
+
+    def read(self) -> dict[str, Any] | None:
+        path = Path(self.folder) / self.FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finished_with(self, fingerprint: str) -> bool:
+        record = self.read()
+        return record is not None and record.get("fingerprint") == fingerprint
+
+    def begin(self, fingerprint: str) -> None:
+        """Remove a finished or partial result made with other settings, then note this run's."""
+        folder = Path(self.folder)
+        record = self.read()
+        pending = folder / self.PENDING
+        stale_result = record is not None and record.get("fingerprint") != fingerprint
+        stale_checkpoints = pending.is_file() and pending.read_text().strip() != fingerprint
+        if stale_result or stale_checkpoints:
+            print(f"{folder} was trained with other settings: starting over")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        pending.write_text(fingerprint)
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Mark the stage finished with ``record`` (which must carry its ``fingerprint``)."""
+        if "fingerprint" not in record:
+            raise ValueError("a stage record needs the fingerprint it was trained with")
+        (Path(self.folder) / self.FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (Path(self.folder) / self.PENDING).unlink(missing_ok=True)
