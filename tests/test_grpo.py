@@ -25,13 +25,10 @@ VIDEO_FORWARD_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_
 
 
 @pytest.fixture(scope="module")
-def ci(tmp_path_factory):
+def ci(private_runs):
     """The ci profile (no weight decay, so only gradients move weights) and its SFT result, in a private runs dir."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
-        profile = load_profile("ci", {"grpo.weight_decay": 0.0})
-        modeling.configure_threads(profile)
-        yield profile, stages.ensure_sft(profile), stages.data_splits(profile)
+    profile = load_profile("ci", {"grpo.weight_decay": 0.0})
+    return profile, stages.ensure_sft(profile), stages.data_splits(profile)
 
 
 def alternating_reward(completions, **kwargs) -> list[float]:

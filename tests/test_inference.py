@@ -5,7 +5,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from vadr1_lib import config, stages
 from vadr1_lib.data import dataset
@@ -14,15 +13,11 @@ from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
-    torch.set_num_threads(1)
+def setup(private_runs):
     profile = config.load_profile("ci", {"eval.batch_size": 2, "eval.max_new_tokens": 8})
     splits = stages.data_splits(profile)
     base = stages.ensure_base_model(profile)
-    yield profile, splits, base, modeling.load_model_and_processor(base, profile)
-    mp.undo()
+    return profile, splits, base, modeling.load_model_and_processor(base, profile)
 
 
 def test_predictions_cover_the_split_with_parsed_fields(setup, tmp_path):
@@ -32,7 +27,7 @@ def test_predictions_cover_the_split_with_parsed_fields(setup, tmp_path):
     rows = inference.read_predictions(out)
     test = dataset.load_sft(splits.test)
     assert report.written == len(test) == len(rows) and report.already_done == 0 and not report.skipped
-    assert {r["id"] for r in rows} == {f"{t.source}/{t.video}" for t in test}
+    assert {r["id"] for r in rows} == {t.id for t in test}
     row = rows[0]
     assert row["prompt_kind"] == "p2c" and 1 <= row["new_tokens"] <= 8
     assert set(row["parsed"]) >= {"which", "when", "predicted_label", "format_valid", "problems"}

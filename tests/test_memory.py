@@ -19,7 +19,7 @@ import json
 import pytest
 import torch
 
-from vadr1_lib import cli, config, stages
+from vadr1_lib import cli, config
 from vadr1_lib.cluster import memory
 from vadr1_lib.cluster.memory import GIB, ModelSpec
 from vadr1_lib.model import modeling, tokenizer
@@ -90,11 +90,11 @@ def test_lora_parameter_count_matches_peft_on_the_project_target_modules(tiny_mo
     assert memory.lora_parameters(QWEN_7B, 16) == 40_370_176  # r=16 on the 7B: 0.49% of its parameters
 
 
-def test_tiny_spec_reads_the_built_model_when_there_is_one(tmp_path, monkeypatch) -> None:
+def test_tiny_spec_reads_the_built_model_when_there_is_one(tmp_path, monkeypatch, ci_profile) -> None:
     monkeypatch.setenv("VADR1_RUNS", str(tmp_path))
-    profile = config.load_profile("ci")
+    profile = ci_profile
     assert memory.model_spec(profile).vocab_size == memory.TINY_VOCAB_ESTIMATE
-    built = stages.base_model_dir(profile)
+    built = profile.base_model_dir
     built.mkdir(parents=True)
     (built / "config.json").write_text(json.dumps({"tie_word_embeddings": True, "text_config": {
         "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,

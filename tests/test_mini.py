@@ -25,11 +25,6 @@ WHEN = re.compile(r"<when>\[([0-9.]+), ([0-9.]+)\]</when>")
 
 
 @pytest.fixture(scope="module")
-def ci_profile():
-    return load_profile("ci")
-
-
-@pytest.fixture(scope="module")
 def built(tmp_path_factory, ci_profile) -> mini.BuildReport:
     return mini.build_dataset(ci_profile, tmp_path_factory.mktemp("mini") / "ci", progress=False)
 

@@ -11,11 +11,6 @@ from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")
-def ci_profile():
-    return config.load_profile("ci")
-
-
-@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, ci_profile):
     return modeling.build_tiny_model(ci_profile, tmp_path_factory.mktemp("tiny"), ["A fire starts on the path."])
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vadr1_lib import prompts, stages
-from vadr1_lib.config import GRPOConfig, load_profile
+from vadr1_lib.config import GRPOConfig
 from vadr1_lib.data import video
 from vadr1_lib.data.taxonomy import UnknownLabelError
 from vadr1_lib.training import rewards
@@ -121,9 +121,9 @@ def test_length_rejects_a_batch_that_is_not_whole_groups() -> None:
 
 
 @pytest.fixture(scope="module")
-def ci_videos() -> tuple[list[str], int]:
+def ci_videos(ci_profile) -> tuple[list[str], int]:
     """Paths of every ci clip (8 frames at 4 fps: training samples 4 frames), 16 distinct videos."""
-    splits = stages.data_splits(load_profile("ci"))
+    splits = stages.data_splits(ci_profile)
     paths = sorted(str(p) for p in Path(splits.rl).parent.glob("videos/*/*.mp4"))
     return paths, video.read_video_info(paths[0]).num_frames
 
@@ -140,10 +140,10 @@ class ScriptedModel:
         return self.answers[: len(clips)]
 
 
-def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos) -> None:
+def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos, ci_profile) -> None:
     paths, num_frames = ci_videos
     assert num_frames == 8 and len(paths) >= 9  # one video per case: no two cases share a view
-    profile = load_profile("ci")  # bonus +0.5, penalty -0.2, trim 0.3
+    profile = ci_profile  # bonus +0.5, penalty -0.2, trim 0.3
     cases = [  # (weak label, rollout, scripted answer on the trimmed clip, expected reward)
         ("Abnormal", ABNORMAL_OK, NORMAL_OK, 0.5),  # the anomaly was in the span: bonus
         ("Abnormal", ABNORMAL_OK, ABNORMAL_OK, 0.0),  # still abnormal without the span
@@ -172,9 +172,9 @@ def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos) -> None:
     assert logged == {"ava/queries": 7.0, "ava/flip_rate": pytest.approx(3 / 7)}
 
 
-def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos) -> None:
+def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos, ci_profile) -> None:
     paths, num_frames = ci_videos
-    profile = load_profile("ci")
+    profile = ci_profile
     model = ScriptedModel([NORMAL_OK] * 8)
     ava = rewards.AnomalyVerificationReward(None, None, profile, seed=3, generate_fn=model)
     ava([ABNORMAL_OK] + [NORMAL_OK] * 7, solution=["Abnormal"] + ["Normal"] * 7, video_path=[paths[0]] * 8)
@@ -199,11 +199,11 @@ def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos) -> None:
     assert [c.indices for c in again.calls[0]] == [c.indices for c in model.calls[0]]  # seeded
 
 
-def test_ava_without_queries_still_calls_generate_once_with_nothing(ci_videos) -> None:
+def test_ava_without_queries_still_calls_generate_once_with_nothing(ci_videos, ci_profile) -> None:
     """Under ZeRO-3 every process must enter the generation context, even with nothing to ask."""
     paths, _ = ci_videos
     model = ScriptedModel([])
-    ava = rewards.AnomalyVerificationReward(None, None, load_profile("ci"), generate_fn=model)
+    ava = rewards.AnomalyVerificationReward(None, None, ci_profile, generate_fn=model)
     assert ava(GARBAGE, solution=["Normal"] * len(GARBAGE), video_path=[paths[0]] * len(GARBAGE)) == \
         [0.0] * len(GARBAGE)
     assert model.calls == [[]]

@@ -12,21 +12,11 @@ from vadr1_lib.training.common import StageMarker
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
-    torch.set_num_threads(1)
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def ci(runs):
-    profile = config.load_profile("ci")
-    splits = stages.data_splits(profile)
-    base = stages.ensure_base_model(profile)
+def ci(private_runs, ci_profile):
+    splits = stages.data_splits(ci_profile)
+    base = stages.ensure_base_model(ci_profile)
     records = dataset.load_sft(splits.sft_train)
-    return profile, base, records, splits
+    return ci_profile, base, records, splits
 
 
 def _batch(profile, processor, records, **kwargs):

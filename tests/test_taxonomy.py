@@ -79,10 +79,15 @@ def test_main_class_and_type_accept_raw_spellings():
 
 @pytest.mark.parametrize(
     ("label", "expected"),
-    [("Normal", False), (" normal", False), ("Abnormal", True), ("Fire", True), ("Drown", True), ("gibberish", True)],
+    [("Normal", NORMAL), (" normal", NORMAL), ("Abnormal", ABNORMAL), ("Fire", ABNORMAL), ("Drown", ABNORMAL)],
 )
-def test_is_abnormal_is_everything_but_normal(label, expected):
-    assert taxonomy.is_abnormal(label) is expected
+def test_binary_label_is_normal_or_abnormal_for_every_known_label(label, expected):
+    assert taxonomy.binary_label(label) == expected
+
+
+def test_binary_label_refuses_an_unknown_label():
+    with pytest.raises(UnknownLabelError):
+        taxonomy.binary_label("gibberish")
 
 
 def test_count_labels_counts_unknowns_and_keeps_their_raw_text():

@@ -1,23 +1,17 @@
 """VANE-style questions: four distinct options, the truth among them, answered by a real model."""
 
 import pytest
-import torch
 
-from vadr1_lib import config, stages
+from vadr1_lib import stages
 from vadr1_lib.data import dataset
 from vadr1_lib.evaluation import vane
 from vadr1_lib.model import modeling
 
 
 @pytest.fixture(scope="module")
-def ci(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VADR1_RUNS", str(tmp_path_factory.mktemp("runs")))
-    torch.set_num_threads(1)
-    profile = config.load_profile("ci")
-    records = dataset.load_sft(stages.data_splits(profile).test)
-    yield profile, records, stages.ensure_base_model(profile)
-    mp.undo()
+def ci(private_runs, ci_profile):
+    records = dataset.load_sft(stages.data_splits(ci_profile).test)
+    return ci_profile, records, stages.ensure_base_model(ci_profile)
 
 
 def test_questions_have_four_distinct_options_with_the_truth(ci):

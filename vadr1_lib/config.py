@@ -239,6 +239,11 @@ class Profile:
     def metrics_dir(self) -> Path:
         return self.run_dir / "metrics"
 
+    @property
+    def base_model_dir(self) -> Path:
+        """``runs/<profile>/base-model/``: where the tiny model is built (``model.name_or_path: tiny``)."""
+        return self.run_dir / "base-model"
+
 
 def profiles_dir() -> Path:
     return paths.CONFIGS_DIR / "profiles"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from vadr1_lib import config
-from vadr1_lib.model import modeling
 
 # Where a hosted notebook keeps what must outlive its session: a disconnect wipes the
 # machine, so runs (checkpoints) and data go to persistent storage.
@@ -58,6 +57,8 @@ def setup(profile_name: str, overrides: dict[str, Any] | list[str] | None = None
     if name != profile_name:
         print(f"{config.PROFILE_ENV_VAR}={name} overrides the parameters cell's profile {profile_name!r}")
     profile = config.load_profile(name, overrides)
+    from vadr1_lib.model import modeling  # here: reading metrics needs no torch
+
     modeling.configure_threads(profile)
     print(f"profile {profile.name!r}: {profile.description.strip()}")
     print(f"outputs under {profile.run_dir}")

@@ -35,12 +35,12 @@ Two views of the same text are returned:
 own branch for "abnormal without a valid span", and ``span_problem`` says why ``span`` is
 missing.
 
-The label rule (:func:`says_normal`): a completion is Normal only when ``<which>`` holds
+The label rule (:func:`says_normal_leniently`): a completion is Normal only when ``<which>`` holds
 exactly ``Normal`` after stripping surrounding whitespace; anything else, including
 ``normal``, ``Abnormal``, a category name or no ``<which>`` at all, is Abnormal. This is
 the release's evaluation rule made tolerant of whitespace, and it is what the rewards and
 the strict figures use; the release's exact reading (no stripping, the first ``<which>``
-anywhere in the text) is :func:`vadr1_lib.evaluation.metrics.release_reads_normal`, used only for
+anywhere in the text) is :func:`vadr1_lib.evaluation.parsing.release_reads_normal`, used only for
 the figures that reproduce the release.
 
 Tags are case-sensitive and only ``<step1>`` … ``<step9>`` are recognised as step tags;
@@ -321,11 +321,53 @@ def _field_problems(fields: list[tuple[str, str]], is_normal: bool) -> list[str]
     return problems
 
 
-def says_normal(which: str | None) -> bool:
+# ---------------------------------------------------------------------------------------
+# The release's reading of an output (for the figures that reproduce its evaluation)
+
+RELEASE_MISSING_SPAN = (0.0, 0.0)  # what the release reads when <when> is missing or malformed
+# Shortest match, across lines; the closing tag is required.
+_RELEASE_WHICH = re.compile(r"<which>(.*?)</which>", re.S)
+# Digits and dots on each side, optional spaces around the comma only, closing tag required.
+_RELEASE_WHEN = re.compile(r"<when>\[([\d.]+)\s*,\s*([\d.]+)\]</when>")
+
+
+def release_reads_normal(output: str) -> bool:
+    """The release's detection rule: the first ``<which>…</which>`` holds exactly ``Normal``.
+
+    No whitespace stripping and no case folding: ``<which> Normal </which>`` and
+    ``<which>normal</which>`` are Abnormal, and so is an output without a closed
+    ``<which>``. The tag is looked for anywhere in the output, not only inside
+    ``<answer>``. (The project's own reading, :func:`says_normal_leniently`,
+    forgives surrounding whitespace; it is the one the rewards and the strict figures use.)
+    """
+    match = _RELEASE_WHICH.search(output)
+    return match is not None and match.group(1) == NORMAL_LABEL
+
+
+def release_reads_span(output: str) -> tuple[float, float]:
+    """The release's ``<when>``: the first ``<when>[a, b]</when>`` anywhere in the output.
+
+    a and b are runs of digits and dots, with optional spaces around the comma and none
+    elsewhere (``<when> [0.2, 0.6]</when>`` and ``[ 0.2, 0.6 ]`` do not match). Anything
+    else, including a run that is not a number such as ``1.2.3``, gives [0, 0]. Values
+    are used as they are: no order check (a reversed span scores IoU 0) and no range
+    check (``[0.2, 1.5]`` is compared as it stands).
+    """
+    match = _RELEASE_WHEN.search(output)
+    if match is None:
+        return RELEASE_MISSING_SPAN
+    try:
+        return float(match.group(1)), float(match.group(2))
+    except ValueError:
+        return RELEASE_MISSING_SPAN
+
+
+
+def says_normal_leniently(which: str | None) -> bool:
     """The project's label rule, defined once: only an exact ``Normal`` in ``<which>``
     (surrounding whitespace aside) is a Normal answer; anything else, including a missing
     ``<which>``, a category name or ``normal`` in lower case, counts as Abnormal. The
-    release's evaluation did not strip whitespace (:func:`vadr1_lib.evaluation.metrics.release_reads_normal`)."""
+    release's evaluation did not strip whitespace (:func:`vadr1_lib.evaluation.parsing.release_reads_normal`)."""
     return which is not None and which.strip() == NORMAL_LABEL
 
 
@@ -350,7 +392,7 @@ def parse_completion(text: str, kind: str = "p2c") -> ParsedCompletion:
         return text[found[0] : found[1]].strip() if found is not None else None
 
     fields = {name: field(name) for name in ABNORMAL_ANSWER_TAGS}
-    is_normal = says_normal(fields["which"])
+    is_normal = says_normal_leniently(fields["which"])
     span, span_problem = _parse_span(fields["when"])
 
     structure = _scan_structure(index)

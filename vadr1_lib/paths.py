@@ -21,6 +21,7 @@ FIGURES_DIR = PROJECT_ROOT / "figures"
 
 RELEASE_SFT_FILE = "Vad-Reasoning-SFT-train.jsonl"
 RELEASE_RL_FILE = "Vad-Reasoning-RL.jsonl"
+RELEASE_TEST_FILE = "Vad-Reasoning-test.jsonl"  # the release names its test split otherwise: rename it to this
 
 
 def data_dir() -> Path:

@@ -45,12 +45,8 @@ def data_splits(profile: Profile) -> Splits:
         if root is not None and not root.is_absolute():
             root = paths.data_dir() / root  # beside the other data, wherever VADR1_DATA puts it
         return Splits(folder / paths.RELEASE_SFT_FILE, folder / paths.RELEASE_RL_FILE,
-                      folder / "Vad-Reasoning-test.jsonl", root)
+                      folder / paths.RELEASE_TEST_FILE, root)
     raise ValueError(f"data.dataset must be 'mini' or 'release', got {profile.data.dataset!r}")
-
-
-def base_model_dir(profile: Profile) -> Path:
-    return profile.run_dir / "base-model"
 
 
 def ensure_base_model(profile: Profile) -> str:
@@ -64,7 +60,7 @@ def ensure_base_model(profile: Profile) -> str:
         return profile.model.name_or_path
     splits = data_splits(profile)
     corpus = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
-    out = base_model_dir(profile)
+    out = profile.base_model_dir
     info = modeling.tiny_model_info(out)
     if (info is not None and info.get("identity") == modeling.tiny_model_identity(profile.model, corpus)
             and (out / "model.safetensors").is_file()):

@@ -303,7 +303,7 @@ def model_spec(profile: Profile) -> ModelSpec:
     """The sizes of the profile's starting model (module docstring, last paragraph)."""
     name = profile.model.name_or_path
     if name == "tiny":
-        built = profile.run_dir / "base-model"  # stages.base_model_dir(profile)
+        built = profile.base_model_dir
         if (built / "config.json").is_file():
             return spec_from_hf_config("tiny", json.loads((built / "config.json").read_text()), source=f"{built}/config.json")
         t = profile.model.tiny

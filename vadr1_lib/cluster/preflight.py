@@ -49,7 +49,6 @@ STAND_IN_FPS = 30.0
 STAND_IN_SIZE = (320, 240)  # width, height: under the profiles' pixel cap, so the processor resizes as on real clips
 RL_STAND_IN_FRAMES = 300
 CPU_PROCESSES = 2
-TEST_FILE = "Vad-Reasoning-test.jsonl"  # the release's test split: its rows are not public here, SFT rows stand in
 
 # A tiny model: every part of Qwen2.5-VL at the smallest sizes that keep its structure.
 # The language model's projections take at least 64 inputs, bitsandbytes' 4-bit block size
@@ -146,7 +145,8 @@ def release_rows(release_dir: Path) -> dict[str, list[dict[str, Any]]]:
     sft_normal = lambda row: row["anomaly_type"].strip() == "Normal"  # noqa: E731
     return {
         paths.RELEASE_SFT_FILE: _pick_rows(short, sft_normal, SFT_ROWS_PER_VERDICT),
-        TEST_FILE: _pick_rows(short, sft_normal, SFT_ROWS_PER_VERDICT, skip=1),
+        # the release's test rows are not public here: other SFT rows stand in
+        paths.RELEASE_TEST_FILE: _pick_rows(short, sft_normal, SFT_ROWS_PER_VERDICT, skip=1),
         paths.RELEASE_RL_FILE: _pick_rows(rl_rows, lambda row: row["solution"] == "Normal", RL_ROWS_PER_VERDICT),
     }
 
@@ -318,7 +318,7 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
             return f"{len(rows)} videos, {sum(r['new_tokens'] for r in rows)} tokens, {sampling}"
 
         def evaluate() -> str:
-            figures = scores.evaluate_predictions_file(predictions["file"], stages.test_records(profile),
+            figures = scores.evaluate_file(predictions["file"], stages.test_records(profile),
                                                            bootstrap_resamples=profile.eval.bootstrap_resamples)
             return (f"{figures['videos']} videos: accuracy {figures['detection']['accuracy']:.2f}, "
                     f"mIoU {figures['temporal']['miou']:.2f}, METEOR {figures['text']['meteor']:.3f} "

@@ -24,7 +24,7 @@ rows and the release's RL accuracy reward only know ``Abnormal``/``Normal``. We 
   anomaly it sees. ``SFTRecord.category`` is the canonical name (label noise removed,
   see :mod:`vadr1_lib.data.taxonomy`), and fine-grained metrics use it.
 - The RL accuracy reward and the detection metrics use the binary view: anything that is
-  not exactly Normal counts as Abnormal (:func:`vadr1_lib.data.taxonomy.is_abnormal`). A
+  not Normal counts as Abnormal (:func:`vadr1_lib.data.taxonomy.binary_label`). A
   model that answers "Traffic Accidents" on an RL video labelled Abnormal is right.
 
 Video paths
@@ -107,6 +107,11 @@ class SFTRecord:
     end: int | None = None
 
     @property
+    def id(self) -> str:
+        """The video's key in predictions files and caches: ``source/video`` (names repeat across sources)."""
+        return f"{self.source}/{self.video}"
+
+    @property
     def is_abnormal(self) -> bool:
         return self.category != NORMAL
 
@@ -142,7 +147,12 @@ class RLRecord:
     @property
     def label(self) -> str:
         """The binary weak label, ABNORMAL or NORMAL, that the accuracy reward compares with."""
-        return taxonomy.normalize_label(self.solution)
+        return taxonomy.binary_label(self.solution)
+
+    @property
+    def id(self) -> str:
+        """The video's key, as for :class:`SFTRecord`."""
+        return f"{self.source}/{self.video}"
 
     @property
     def is_abnormal(self) -> bool:
@@ -226,7 +236,7 @@ def parse_rl_row(row: Mapping[str, Any], video_root: Path) -> RLRecord:
     label = taxonomy.normalize_label(solution)
     if label not in (ABNORMAL, NORMAL):
         raise _RowError(f"solution must be Abnormal or Normal, got {solution!r}")
-    if (label == ABNORMAL) != taxonomy.is_abnormal(category):
+    if label != taxonomy.binary_label(category):
         raise _RowError(f"anomaly_type {anomaly_type!r} contradicts solution {solution!r}")
     data_type = _field(row, "data_type", str)
     if data_type != "video":

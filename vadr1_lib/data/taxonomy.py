@@ -38,8 +38,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-NORMAL = "Normal"
-ABNORMAL = "Abnormal"
+from vadr1_lib.prompts import ABNORMAL_LABEL, NORMAL_LABEL
+
+NORMAL = NORMAL_LABEL  # the verdict words of the answer template, one definition (vadr1_lib.prompts)
+ABNORMAL = ABNORMAL_LABEL
 UNKNOWN = "Unknown"
 
 # type -> main class -> sub classes, in the order of the paper's taxonomy figure.
@@ -169,16 +171,16 @@ def type_of(label: str) -> str:
     return sub_class_of(label).type
 
 
-def is_abnormal(label: str) -> bool:
-    """The binary view of any label: everything that is not Normal is abnormal.
+def binary_label(label: str) -> str:
+    """The binary view of a label, defined once for data and rewards: NORMAL or ABNORMAL.
 
-    This is how SFT's fine-grained categories and RL's Abnormal/Normal weak labels meet:
-    a category, ABNORMAL and an unrecognised (UNKNOWN) label all count as abnormal, as in
-    the release's evaluation, which calls a prediction abnormal unless ``<which>`` says
-    Normal. Unlike that evaluation, case and spacing are forgiven here ("normal " is
-    Normal); the metrics module decides whether to reproduce the exact-string protocol.
+    This is how SFT's fine-grained categories and RL's Abnormal/Normal weak labels meet: a
+    category and ABNORMAL are ABNORMAL. Case, spacing and the release's label noise are
+    forgiven ("normal " is Normal), but a label that is none of these raises
+    :class:`UnknownLabelError`: it is a data error, not a verdict. (How a *prediction* is
+    read, strictly as the release or leniently, is :mod:`vadr1_lib.parsing`'s business.)
     """
-    return normalize_label(label, lenient=True) != NORMAL
+    return NORMAL if normalize_label(label) == NORMAL else ABNORMAL
 
 
 @dataclass(frozen=True)

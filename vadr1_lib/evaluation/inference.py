@@ -76,11 +76,6 @@ class InferenceReport:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def prediction_id(record: Any) -> str:
-    """A video's key in predictions files: ``source/video`` (video names repeat across sources)."""
-    return f"{record.source}/{record.video}"
-
-
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     """Rows of a predictions file. A torn last line (killed mid-write) is dropped, not fatal."""
     rows = []
@@ -102,7 +97,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 def _prediction_row(record: Any, kind: str, text: str, new_tokens: int, seconds: float, model: str) -> dict[str, Any]:
     parsed = parsing.parse_completion(text, kind=kind)
     return {
-        "id": prediction_id(record),
+        "id": record.id,
         "source": record.source,
         "video": record.video,
         "prompt_kind": kind,
@@ -141,7 +136,7 @@ def predict_split(model_dir: str | Path, data_file: Path, out_file: Path, profil
     done = {row["id"] for row in existing}
     if out_file.is_file():  # rewrite without a torn last line before appending
         _write_rows(out_file, existing)
-    todo = [r for r in records if prediction_id(r) not in done]
+    todo = [r for r in records if r.id not in done]
     report = InferenceReport(out_file, 0, len(records) - len(todo), [], 0.0, 0)
     if not todo:
         return report
@@ -161,7 +156,7 @@ def predict_split(model_dir: str | Path, data_file: Path, out_file: Path, profil
                 clips.append(video.inference_clip(record.path, profile.video))
                 batch.append(record)
             except (FileNotFoundError, video.CorruptVideoError) as exc:
-                report.skipped.append((prediction_id(record), str(exc)))
+                report.skipped.append((record.id, str(exc)))
         bar.update(len(todo[first:first + ev.batch_size]) - len(batch))
         if not batch:
             continue

@@ -1,17 +1,17 @@
 """Evaluation metrics: the Vad-R1 release's figures, and stricter figures beside them.
 
-Most functions take plain values (booleans, spans, token lists), not parsed completions, so
-each definition can be checked by hand; wiring completions to them is
-:mod:`vadr1_lib.evaluation.scores`'s job. The exception is the release's own reading of an output
-(its ``<which>``, ``<when>`` and tag removal), which lives here because it is part of the
-release's evaluation, not of the project's parser: :mod:`vadr1_lib.parsing` stays the one
-reading used by the rewards and the strict figures.
+Most functions take plain values (booleans, spans, token lists), not completions, so each
+definition can be checked by hand; reading completions is :mod:`vadr1_lib.parsing`'s job (the
+project's reading and the release's, side by side), wiring them to these functions
+:mod:`vadr1_lib.evaluation.scores`'s. The exception is the release's tag removal for the text
+figures, which is part of how the release scored text.
 
 The release's evaluation, exactly (``docs/fidelity.md``, "Evaluation"):
 
-- reading: :func:`release_reads_normal` (the first ``<which>…</which>`` holds exactly
-  ``Normal``; no stripping, no case folding) and :func:`release_reads_span` (the first
-  ``<when>[a, b]</when>`` with digits and dots; anything else is [0, 0]; no range check);
+- reading: :func:`vadr1_lib.parsing.release_reads_normal` (the first ``<which>…</which>``
+  holds exactly ``Normal``; no stripping, no case folding) and
+  :func:`vadr1_lib.parsing.release_reads_span` (the first ``<when>[a, b]</when>`` with digits
+  and dots; anything else is [0, 0]; no range check);
 - detection: binary, Abnormal is the positive class;
 - temporal: IoU against [start/total, end/total] rounded to 3 decimals, [0, 1] standing
   for the whole video on both sides for normal videos, averaged over every scored video
@@ -46,55 +46,13 @@ from nltk.translate.meteor_score import meteor_score
 from rouge import Rouge
 
 from vadr1_lib.evaluation.wordnet import ensure_wordnet
-from vadr1_lib.prompts import NORMAL_LABEL
 
 Span = tuple[float, float]
 
 WHOLE_VIDEO: Span = (0.0, 1.0)
-MISSING_SPAN: Span = (0.0, 0.0)
 DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 MIN_SCORED_CHARS = 5
 TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL")
-
-# ---------------------------------------------------------------------------------------
-# The release's reading of an output
-
-# Shortest match, across lines; the closing tag is required.
-_RELEASE_WHICH = re.compile(r"<which>(.*?)</which>", re.S)
-# Digits and dots on each side, optional spaces around the comma only, closing tag required.
-_RELEASE_WHEN = re.compile(r"<when>\[([\d.]+)\s*,\s*([\d.]+)\]</when>")
-
-
-def release_reads_normal(output: str) -> bool:
-    """The release's detection rule: the first ``<which>…</which>`` holds exactly ``Normal``.
-
-    No whitespace stripping and no case folding: ``<which> Normal </which>`` and
-    ``<which>normal</which>`` are Abnormal, and so is an output without a closed
-    ``<which>``. The tag is looked for anywhere in the output, not only inside
-    ``<answer>``. (The project's own reading, :func:`vadr1_lib.parsing.says_normal`,
-    forgives surrounding whitespace; it is the one the rewards and the strict figures use.)
-    """
-    match = _RELEASE_WHICH.search(output)
-    return match is not None and match.group(1) == NORMAL_LABEL
-
-
-def release_reads_span(output: str) -> Span:
-    """The release's ``<when>``: the first ``<when>[a, b]</when>`` anywhere in the output.
-
-    a and b are runs of digits and dots, with optional spaces around the comma and none
-    elsewhere (``<when> [0.2, 0.6]</when>`` and ``[ 0.2, 0.6 ]`` do not match). Anything
-    else, including a run that is not a number such as ``1.2.3``, gives [0, 0]. Values
-    are used as they are: no order check (a reversed span scores IoU 0) and no range
-    check (``[0.2, 1.5]`` is compared as it stands).
-    """
-    match = _RELEASE_WHEN.search(output)
-    if match is None:
-        return MISSING_SPAN
-    try:
-        return float(match.group(1)), float(match.group(2))
-    except ValueError:
-        return MISSING_SPAN
-
 
 # ---------------------------------------------------------------------------------------
 # Detection
@@ -146,7 +104,7 @@ def release_video_iou(gt_abnormal: bool, gt_span: Span | None, pred_abnormal: bo
     A wrong class scores 0. A predicted Normal stands for [0, 1] whatever ``<when>`` it
     also wrote, so a correctly classified normal video ([0, 1] against [0, 1]) scores 1
     and ``pred_span`` is ignored there. An Abnormal prediction is compared as its span
-    reads (:func:`release_reads_span`: [0, 0] when ``<when>`` is missing or malformed,
+    reads (:func:`vadr1_lib.parsing.release_reads_span`: [0, 0] when ``<when>`` is missing or malformed,
     reversed or out-of-range values as they are).
     """
     if bool(gt_abnormal) != bool(pred_abnormal):

@@ -7,13 +7,12 @@ block between the two marker comments in README.md with a table built from
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 from vadr1_lib import paths
 from vadr1_lib.config import Profile
+from vadr1_lib.notebook import load_metrics
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = (("format valid", "format.valid_rate"), ("acc.", "detection.accuracy"), ("prec.", "detection.precision"),
@@ -22,15 +21,10 @@ COLUMNS = (("format valid", "format.valid_rate"), ("acc.", "detection.accuracy")
            ("ROUGE-L", "text.rougeL"))
 
 
-def _read(profile: Profile, notebook: str) -> dict[str, Any] | None:
-    path = profile.metrics_dir / f"{notebook}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def results_markdown(profile: Profile) -> str:
     from vadr1_lib.evaluation.scores import figure
 
-    evaluation = _read(profile, "05_evaluation")
+    evaluation = load_metrics(profile, "05_evaluation")
     if evaluation is None:
         return f"_No results yet for the `{profile.name}` profile: run `make run` (writes runs/{profile.name}/metrics/)._"
     models = evaluation["metrics"]["models"]
@@ -48,7 +42,7 @@ def results_markdown(profile: Profile) -> str:
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     timings = []
     for notebook, label in (("03_sft", "SFT"), ("04_ava_grpo", "GRPO / AVA-GRPO")):
-        data = _read(profile, notebook)
+        data = load_metrics(profile, notebook)
         if data:
             m = data["metrics"]
             seconds = m.get("train_seconds") or m.get("wall_seconds")

@@ -5,8 +5,8 @@ Each completion is read twice, because the two sets of figures answer two questi
 - ``detection``, ``temporal`` and ``text`` are the release's evaluation, exactly
   (``docs/fidelity.md``, "Evaluation"): only ground-truth videos that have a prediction
   are scored (the others are counted in ``missing_predictions``), ``<which>`` and
-  ``<when>`` are read with the release's rules (:func:`vadr1_lib.evaluation.metrics.release_reads_normal`,
-  :func:`vadr1_lib.evaluation.metrics.release_reads_span`) and the text with
+  ``<when>`` are read with the release's rules (:func:`vadr1_lib.evaluation.parsing.release_reads_normal`,
+  :func:`vadr1_lib.evaluation.parsing.release_reads_span`) and the text with
   :func:`vadr1_lib.evaluation.metrics.release_text_scores`. These are the numbers to set beside the
   paper's.
 - ``strict`` reads each completion once with :func:`vadr1_lib.parsing.parse_completion`,
@@ -51,6 +51,7 @@ class PredictionTexts:
 
     texts: dict[str, str]
     match_by: str
+    new_tokens: list[int]  # tokens generated per answer, where the file says (infer's output)
 
 
 def _row_prediction(row: Any) -> tuple[str, str, str] | None:
@@ -73,6 +74,7 @@ def load_prediction_texts(path: Path) -> PredictionTexts:
     else is an error naming the line, never a silently skipped row.
     """
     texts: dict[str, str] = {}
+    new_tokens: list[int] = []
     lines_of: dict[str, int] = {}
     match_by = None
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -96,12 +98,14 @@ def load_prediction_texts(path: Path) -> PredictionTexts:
         if key in texts:
             raise ValueError(f"{path}:{number}: a second prediction for {key!r} (the first is on line {lines_of[key]})")
         match_by, texts[key], lines_of[key] = kind, text, number
-    return PredictionTexts(texts, match_by or MATCH_BY_ID)
+        if isinstance(row.get("new_tokens"), int):
+            new_tokens.append(row["new_tokens"])
+    return PredictionTexts(texts, match_by or MATCH_BY_ID, new_tokens)
 
 
 def _prediction_key(record: dataset.SFTRecord, match_by: str) -> str:
     if match_by == MATCH_BY_ID:
-        return f"{record.source}/{record.video}"
+        return record.id
     if match_by == MATCH_BY_VIDEO:
         return record.video
     raise ValueError(f"match_by must be {MATCH_BY_ID!r} or {MATCH_BY_VIDEO!r}, got {match_by!r}")
@@ -149,11 +153,11 @@ def score_videos(texts: Mapping[str, str], truth: Sequence[dataset.SFTRecord], *
         gt_span = record.span_fraction
         release = None
         if completion is not None:
-            pred_abnormal = not metrics.release_reads_normal(completion)
+            pred_abnormal = not parsing.release_reads_normal(completion)
             release = ReleaseScore(
                 pred_abnormal=pred_abnormal,
                 iou=metrics.release_video_iou(record.is_abnormal, gt_span, pred_abnormal,
-                                              metrics.release_reads_span(completion)),
+                                              parsing.release_reads_span(completion)),
                 text=metrics.release_text_scores(record.think, record.answer, completion) if text_metrics else None,
             )
         scores.append(VideoScore(
@@ -254,9 +258,13 @@ def evaluate(texts: Mapping[str, str], truth: Sequence[dataset.SFTRecord], *, ma
 
 
 def evaluate_file(pred_file: Path, truth: Sequence[dataset.SFTRecord], **kwargs: Any) -> dict[str, Any]:
-    """``evaluate`` on a predictions file of any of the three formats (the ``evaluate`` command)."""
+    """The one way to score a predictions file (the ``evaluate`` command, the notebooks,
+    ``preflight``): ``evaluate`` on any of the three formats, plus the mean number of
+    generated tokens per answer when the file records it (``tokens_per_answer``, else None)."""
     predictions = load_prediction_texts(Path(pred_file))
-    return evaluate(predictions.texts, truth, match_by=predictions.match_by, **kwargs)
+    result = evaluate(predictions.texts, truth, match_by=predictions.match_by, **kwargs)
+    result["tokens_per_answer"] = float(np.mean(predictions.new_tokens)) if predictions.new_tokens else None
+    return result
 
 
 TABLE_ROWS = (
@@ -300,14 +308,3 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                  for name in names]
         lines.append(f"{label:28s}" + "".join(f"{cell:>{width + 16}s}" for cell in cells))
     return "\n".join(lines)
-
-
-def evaluate_predictions_file(pred_file: Path, truth: Sequence[dataset.SFTRecord], **kwargs: Any) -> dict[str, Any]:
-    """``evaluate`` on an ``infer`` output, plus the mean number of generated tokens per answer."""
-    from vadr1_lib.evaluation import inference
-
-    rows = inference.read_predictions(Path(pred_file))
-    wanted = {_prediction_key(record, MATCH_BY_ID) for record in truth}
-    result = evaluate({row["id"]: row["text"] for row in rows if row["id"] in wanted}, truth, **kwargs)
-    result["tokens_per_answer"] = float(np.mean([row["new_tokens"] for row in rows])) if rows else None
-    return result

@@ -60,12 +60,12 @@ def _fields(record: dataset.SFTRecord) -> dict[str, str | None]:
 def make_questions(records: Sequence[dataset.SFTRecord], *, seed: int = 0) -> list[Question]:
     """Questions with 4 options each; distractors come from other clips (never the clip's own value)."""
     rng = random.Random(seed)
-    fields = {f"{r.source}/{r.video}": _fields(r) for r in records}
+    fields = {r.id: _fields(r) for r in records}
     pools: dict[str, list[str]] = {kind: sorted({f[kind] for f in fields.values() if f[kind]}) for kind in QUESTIONS}
     pools["which"] = sorted(set(pools["which"]) | {taxonomy.NORMAL})
     questions = []
     for record in records:
-        video_id = f"{record.source}/{record.video}"
+        video_id = record.id
         for kind, text in QUESTIONS.items():
             truth = fields[video_id][kind]
             if truth is None or (kind == "where" and not record.is_abnormal):

@@ -44,7 +44,7 @@ from trl.kernels.chunked_logprob import _use_triton
 
 from vadr1_lib import prompts
 from vadr1_lib.config import Profile
-from vadr1_lib.data import dataset, video
+from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import common, rewards
 
@@ -164,9 +164,9 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
         shown = ", ".join(map(str, missing[:5]))
         raise FileNotFoundError(f"{len(missing)} of {len(records)} RL videos are missing, e.g. {shown}")
     for record in records:
-        rewards.binary_label(record.solution)  # an unknown weak label fails here, not mid-training
+        taxonomy.binary_label(record.solution)  # an unknown weak label fails here, not mid-training
     rows = datasets.Dataset.from_list([
-        {"id": f"{r.source}/{r.video}", PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
+        {"id": r.id, PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
     ])
     clips = common.BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
 

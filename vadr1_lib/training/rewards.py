@@ -75,18 +75,10 @@ def completion_text(completion: Any) -> str:
     return ""
 
 
-def binary_label(solution: str) -> str:
-    """The weak label as Normal/Abnormal; a fine-grained category counts as Abnormal.
-
-    An unknown label is a data error and raises ``taxonomy.UnknownLabelError``.
-    """
-    return NORMAL_LABEL if taxonomy.normalize_label(solution) == taxonomy.NORMAL else ABNORMAL_LABEL
-
-
 def _accuracy(parsed: parsing.ParsedCompletion, solution: str) -> float:
     if not parsed.which:
         return 0.0
-    return 1.0 if parsed.predicted_label == binary_label(solution) else 0.0
+    return 1.0 if parsed.predicted_label == taxonomy.binary_label(solution) else 0.0
 
 
 def _check_lengths(completions: Sequence[Any], name: str, values: Sequence[Any]) -> None:
@@ -152,7 +144,7 @@ class LengthReward:
         for i, (is_correct, count, label) in enumerate(zip(correct, counts, solution)):
             start = (offset + i) // group_size * group_size
             crowded = sum(everyone[start:start + group_size]) > 1
-            bonus = is_correct and crowded and self.in_range(count, binary_label(label))
+            bonus = is_correct and crowded and self.in_range(count, taxonomy.binary_label(label))
             rewards.append(self.cfg.length_bonus if bonus else 0.0)
         return rewards
 

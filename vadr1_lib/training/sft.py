@@ -196,7 +196,7 @@ def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Da
     targets = [tokenizer(r.target_text, add_special_tokens=False)["input_ids"] for r in records]
     decisions = decision_token_indices(targets, [not r.is_abnormal for r in records])
     return datasets.Dataset.from_list([
-        {"id": f"{r.source}/{r.video}", "video_path": str(r.path), "target": r.target_text, "decision_token": d,
+        {"id": r.id, "video_path": str(r.path), "target": r.target_text, "decision_token": d,
          "abnormal": r.is_abnormal}
         for r, d in zip(records, decisions)
     ])
