@@ -4,6 +4,7 @@ DashScope backend end to end against a local fake of the OpenAI-compatible endpo
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import statistics
@@ -11,18 +12,19 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
+from vadr1_lib import cli, stages
 from vadr1_lib.data import taxonomy
 from vadr1_lib.data.annotate import (
     Annotation,
     ClipFacts,
     OfflineAnnotator,
-    annotate_clips,
     where_words,
 )
 from vadr1_lib.data.dashscope import (
@@ -250,13 +252,6 @@ def test_offline_targets_stay_short_in_qwen_tokens() -> None:
     assert 80 <= statistics.mean(normal) and max(normal) <= 120
 
 
-def test_annotate_clips_keeps_order_and_matches_single_calls() -> None:
-    items = [(abnormal_facts("Fire", "a"), frames()), (normal_facts("b"), frames()), (abnormal_facts("Explosion", "c"), frames())]
-    annotator = OfflineAnnotator(1)
-    assert annotate_clips(annotator, items, progress=False) == [annotator.annotate(f, x) for f, x in items]
-    assert annotate_clips(annotator, iter(items), progress=True)[2].which == "Explosion"
-
-
 def test_to_row_holds_the_release_strings() -> None:
     annotation = OfflineAnnotator(0).annotate(abnormal_facts(), frames())
     assert annotation.to_row() == {"think": annotation.think, "answer": annotation.answer}
@@ -476,3 +471,54 @@ def test_missing_key_names_the_environment_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(API_KEY_ENV, "  ")
     with pytest.raises(MissingAPIKeyError, match=API_KEY_ENV):
         DashScopeAnnotator(cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# The command: a split's clips annotated into a file, resumably
+
+
+def _rows(path: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def test_data_annotate_writes_the_split_again_with_new_text_and_resumes(tmp_path: Any, ci_profile: Any) -> None:
+    splits = stages.data_splits(ci_profile)
+    out = tmp_path / "annotated.jsonl"
+    assert cli.main(["data", "annotate", "--profile", "ci", "--split", "test", "--out", str(out), "--frames", "2"]) == 0
+    source, written = _rows(splits.test), _rows(out)
+    assert [{k: v for k, v in row.items() if k not in ("think", "answer")} for row in written] == \
+        [{k: v for k, v in row.items() if k not in ("think", "answer")} for row in source]
+    for row in written:
+        parsed = parse_completion(row["think"] + "\n" + row["answer"])
+        assert parsed.format_valid and parsed.is_normal == (row["anomaly_type"] == "Normal")
+    out.write_text("".join(json.dumps(row) + "\n" for row in written[:2]))  # as if interrupted after 2 clips
+    assert cli.main(["data", "annotate", "--profile", "ci", "--split", "test", "--out", str(out), "--frames", "2"]) == 0
+    assert _rows(out) == written  # the rest added, in order, the first two not redone
+
+
+def test_data_annotate_on_dashscope_resumes_after_a_failure_without_paying_twice(
+        server: FakeChatServer, tmp_path: Any, ci_profile: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(DashScopeAnnotator, "__init__", functools.partialmethod(
+        DashScopeAnnotator.__init__, cache_dir=cache, backoff_s=0.0, timeout_s=2.0))
+    out = tmp_path / "annotated.jsonl"
+    command = ["data", "annotate", "--profile", "ci", "--split", "test", "--backend", "dashscope",
+               "--base-url", server.base_url, "--out", str(out), "--frames", "2"]
+    clips = _rows(stages.data_splits(ci_profile).test)
+    calls = [2 + (4 if row["anomaly_type"] != "Normal" else 2) for row in clips]  # captions, steps, answer
+    server.plan = [None] * (calls[0] + 1) + [400]  # the second clip's second call is refused for good
+    assert cli.main(command) == 1
+    assert "HTTP 400" in capsys.readouterr().err and len(_rows(out)) == 1
+    sent = len(server.requests)
+    assert cli.main(command) == 0
+    assert len(_rows(out)) == len(clips)
+    assert len(server.requests) - sent == sum(calls) - calls[0] - 1  # the finished calls came from the cache
+    for row in _rows(out):
+        assert parse_completion(row["think"] + "\n" + row["answer"]).format_valid
+
+
+def test_data_annotate_without_a_key_says_so(monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Any) -> None:
+    monkeypatch.delenv(API_KEY_ENV)
+    assert cli.main(["data", "annotate", "--profile", "ci", "--backend", "dashscope", "--out",
+                     str(tmp_path / "x.jsonl")]) == 2
+    assert API_KEY_ENV in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()

@@ -18,7 +18,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env
 
-from vadr1_lib import cli, config, paths
+from vadr1_lib import cli, config, paths, stages
 from vadr1_lib.cluster import launch
 from vadr1_lib.config import load_profile
 
@@ -128,3 +128,11 @@ def test_slurm_script_is_valid_bash_and_names_real_profiles_and_commands(script:
     # requeued before the time limit: the signal reaches the script, which puts the job back
     assert re.search(r"^#SBATCH --requeue$", text, re.MULTILINE) and re.search(r"^#SBATCH --signal=B:USR1@\d+$", text, re.MULTILINE)
     assert "trap requeue USR1" in text and 'scontrol requeue "${SLURM_JOB_ID}"' in text
+
+
+def test_the_printed_stage_command_is_the_one_that_runs_with_every_override() -> None:
+    profile = load_profile("full-4xa100", ["grpo.max_steps=3", "data.video_root=/videos"])
+    command = stages.launch_command(profile, "grpo", ["--no-ava"])
+    assert command[command.index("vadr1_lib"):] == ["vadr1_lib", "grpo", "--profile", "full-4xa100", "--no-ava",
+                                                      "--set=grpo.max_steps=3", '--set=data.video_root="/videos"']
+    assert stages.launch_command(load_profile("cpu"), "sft") is None  # one process: trained in place

@@ -95,6 +95,38 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_annotate(args: argparse.Namespace) -> int:
+    from vadr1_lib import stages
+    from vadr1_lib.data import annotate, clips, dashscope, mini
+
+    profile = _profile(args)
+    if args.backend == "dashscope":
+        try:
+            annotator = dashscope.DashScopeAnnotator(base_url=args.base_url or dashscope.DASHSCOPE_BASE_URL)
+        except dashscope.MissingAPIKeyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        annotator = annotate.OfflineAnnotator(profile.data.seed)
+    if args.input:
+        rows_file, root, boxes = Path(args.input), Path(args.video_root) if args.video_root else None, None
+        scene = clips.USER_FOOTAGE_SCENE
+    else:
+        splits = stages.data_splits(profile)
+        rows_file = {"sft_train": splits.sft_train, "test": splits.test}[args.split]
+        root, scene = None, clips.footage_scene(profile.data.footage)
+        boxes = {video: entry["boxes"] for video, entry in mini.load_boxes(rows_file.parent).items()}
+    try:
+        report = annotate.annotate_file(annotator, rows_file, Path(args.out), video_root=root, boxes=boxes,
+                                        scene=scene, frames=args.frames)
+    except dashscope.DashScopeError as exc:
+        print(f"error: {exc} (rerun the same command to resume)", file=sys.stderr)
+        return 1
+    print(f"{report.out}: annotated {report.written} clips ({report.already_done} already there) "
+          f"in {report.seconds:.1f} s with {annotator!r}")
+    return 0
+
+
 def cmd_data_stats(args: argparse.Namespace) -> int:
     from vadr1_lib.data import dataset
     from vadr1_lib.model import tokenizer
@@ -254,6 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_args(p)
     p.add_argument("--footage", default=None, help="folder of your own normal footage (default: OpenCV's vtest.avi)")
     p.set_defaults(func=cmd_data_build)
+    p = data.add_parser("annotate", help="write P2C-CoT annotations (think, answer) for clips: the offline annotator, "
+                                        "or the paper's pipeline on DashScope (key from DASHSCOPE_API_KEY)")
+    _add_profile_args(p)
+    p.add_argument("--backend", choices=["offline", "dashscope"], default="offline")
+    p.add_argument("--split", choices=["sft_train", "test"], default="sft_train",
+                   help="which split of the profile's Vad-Reasoning-Mini (built when missing)")
+    p.add_argument("--input", default=None, metavar="FILE",
+                   help="your own clips instead: a release-schema JSONL (abnormal rows carry start, end and a box)")
+    p.add_argument("--video-root", default=None, help="where --input's paths resolve (default: its folder)")
+    p.add_argument("--out", required=True, help="annotated JSONL (appended to: clips already there are skipped)")
+    p.add_argument("--frames", type=int, default=8, help="frames sampled per clip for the captions (default 8)")
+    p.add_argument("--base-url", default=None, help="the OpenAI-compatible endpoint (default: DashScope's)")
+    p.set_defaults(func=cmd_data_annotate)
     p = data.add_parser("stats", help="rows, labels, categories, spans and lengths of a release-format JSONL file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")

@@ -69,6 +69,16 @@ def ensure_base_model(profile: Profile) -> str:
     return str(out)
 
 
+def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = None) -> list[str] | None:
+    """The exact command that runs ``stage`` ("sft", or "grpo" with ``cli_args`` such as
+    ``["--no-ava"]``) for a multi-process profile: this profile and its overrides, under
+    ``accelerate launch``. None when the profile trains in this process."""
+    if not launch.needs_launcher(profile):
+        return None
+    return launch.accelerate_command(profile, stage, ["--profile", profile.name, *(cli_args or []),
+                                                      *[f"--set={o}" for o in profile.overrides]])
+
+
 def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerprint: str, cli_args: list[str],
                   train: Callable[[], dict[str, Any]], dry_run: bool) -> Path:
     """Shared life cycle of a training stage: reuse a finished result with the same
@@ -79,9 +89,8 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     marker = StageMarker(out)
     if marker.finished_with(fingerprint):
         return out
-    if launch.needs_launcher(profile):
-        command = launch.accelerate_command(profile, stage, ["--profile", profile.name, *cli_args,
-                                                             *[f"--set={o}" for o in profile.overrides]])
+    command = launch_command(profile, stage, cli_args)
+    if command is not None:
         if dry_run:
             print(launch.format_command(command))
         elif launch.run(command) != 0:

@@ -27,17 +27,20 @@ ground truth; a generated sentence can only describe them.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from vadr1_lib.data import taxonomy
+from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.data.phrases import (
     ABNORMAL_STEP_TEMPLATES,
     NORMAL_STEP_TEMPLATES,
@@ -45,7 +48,6 @@ from vadr1_lib.data.phrases import (
     NORMAL_WHYS,
     phrases_for,
 )
-from vadr1_lib.data.video import uniform_frame_indices
 from vadr1_lib.prompts import (
     NORMAL_LABEL,
     format_answer_abnormal,
@@ -265,7 +267,7 @@ def sampled_frames(
     if frames.shape[0] == 0:
         raise ValueError(f"{facts.video_id}: no frames to annotate")
     if frame_indices is None:
-        return uniform_frame_indices(facts.total_frames, frames.shape[0])
+        return video.uniform_frame_indices(facts.total_frames, frames.shape[0])
     indices = [int(i) for i in frame_indices]
     if len(indices) != frames.shape[0]:
         raise ValueError(f"{facts.video_id}: {len(indices)} frame indices for {frames.shape[0]} frames")
@@ -364,12 +366,56 @@ class OfflineAnnotator:
 # ---------------------------------------------------------------------------------------
 
 
-def annotate_clips(
-    annotator: Annotator, items: Iterable[tuple[ClipFacts, np.ndarray]], progress: bool = True
-) -> list[Annotation]:
-    """Annotate clips in order, with a progress bar (the API backend takes seconds per clip)."""
-    total = len(items) if isinstance(items, Sequence) else None
-    return [
-        annotator.annotate(facts, frames)
-        for facts, frames in tqdm(items, total=total, disable=not progress, desc="annotate", unit="clip")
-    ]
+@dataclass
+class AnnotationReport:
+    out: Path
+    written: int  # rows annotated by this call
+    already_done: int  # rows found in ``out`` from an earlier (interrupted) run and skipped
+    seconds: float
+
+
+def annotate_file(
+    annotator: Annotator, rows_file: Path, out_file: Path, *, video_root: Path | None = None,
+    boxes: Mapping[str, Mapping[int, tuple[int, int, int, int]]] | None = None, scene: str, frames: int = 8,
+    progress: bool = True,
+) -> AnnotationReport:
+    """Annotate every clip of a release-schema file into ``out_file``: the same rows, with the
+    ``think`` and ``answer`` the annotator writes (any the input had are replaced).
+
+    The ground truth comes from each row (``anomaly_type``, ``start``/``end``,
+    ``total_frames``, ``path``; ``scene`` unless the row names its own) and, for ``<where>``, from ``boxes``
+    (video -> frame -> box, Vad-Reasoning-Mini's boxes.json) or the row's own ``box``
+    (``[x0, y0, x1, y1]`` in pixels, for every frame of the span). ``frames`` frames,
+    uniformly sampled, are what the captioning model sees.
+
+    Resumable: videos already in ``out_file`` are skipped, and each row is written and
+    flushed as soon as it is annotated, so an interruption loses at most the clip in flight
+    (and with the API backend not even its finished calls, which are cached).
+    """
+    rows_file, out_file = Path(rows_file), Path(out_file)
+    root = Path(video_root) if video_root is not None else rows_file.parent
+    rows = [json.loads(line) for line in rows_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    done = set()
+    if out_file.is_file():
+        done = {json.loads(line)["video"] for line in out_file.read_text(encoding="utf-8").splitlines() if line.strip()}
+    todo = [row for row in rows if row["video"] not in done]
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with out_file.open("a", encoding="utf-8") as out:
+        for row in tqdm(todo, disable=not progress, desc=f"annotate {rows_file.name}", unit="clip"):
+            path = dataset.remap_video_path(row["path"], root)
+            info = video.read_video_info(path)
+            indices = video.uniform_frame_indices(row.get("total_frames", info.num_frames), frames)
+            category = taxonomy.normalize_label(row["anomaly_type"])
+            start, end = row.get("start"), row.get("end")
+            clip_boxes = (boxes or {}).get(row["video"])
+            if clip_boxes is None and "box" in row and start is not None and end is not None:
+                clip_boxes = {frame: tuple(row["box"]) for frame in range(start, end)}
+            facts = ClipFacts(video_id=row["video"], total_frames=row.get("total_frames", info.num_frames), fps=info.fps,
+                              width=info.width, height=info.height, scene=row.get("scene", scene), category=category,
+                              start_frame=start, end_frame=end, boxes=clip_boxes or {})
+            clip = video.load_clip(path, indices)
+            annotation = annotator.annotate(facts, clip.frames, frame_indices=indices)
+            out.write(json.dumps({**row, **annotation.to_row()}, ensure_ascii=False) + "\n")
+            out.flush()
+    return AnnotationReport(out_file, len(todo), len(rows) - len(todo), time.perf_counter() - began)

@@ -126,6 +126,11 @@ def _windows(info: VideoInfo, clip_frames: int, clip_fps: float) -> tuple[tuple[
     return train, test
 
 
+def footage_scene(folder: str | Path | None) -> str:
+    """What step 1 says the video shows: vtest's campus path, or a neutral phrase for a user's folder."""
+    return VTEST_SCENE if folder is None else USER_FOOTAGE_SCENE
+
+
 def resolve_footage(
     profile: Profile, footage: Path | None
 ) -> tuple[list[Footage], list[tuple[str, str]], Path | None]:
@@ -135,11 +140,11 @@ def resolve_footage(
     if folder is not None and not folder.is_absolute():
         folder = paths.PROJECT_ROOT / folder  # notebooks and the CLI run from different folders
     if folder is None:
-        candidates, skipped, scene = [read_video_info(ensure_vtest())], [], VTEST_SCENE
+        candidates, skipped, scene = [read_video_info(ensure_vtest())], [], footage_scene(folder)
         names = [candidates[0].path.name]
     else:
         scan = scan_footage(folder)
-        candidates, scene = scan.usable, USER_FOOTAGE_SCENE
+        candidates, scene = scan.usable, footage_scene(folder)
         skipped = [(path.relative_to(folder).as_posix(), reason) for path, reason in scan.skipped]
         names = [info.path.relative_to(folder).as_posix() for info in candidates]
     usable = []

@@ -280,6 +280,15 @@ TABLE_ROWS = (
 )
 
 
+HEADLINE = {"format valid": "format.valid_rate", "accuracy": "detection.accuracy", "precision": "detection.precision",
+            "recall": "detection.recall", "F1": "detection.f1", "mIoU (strict)": "strict.temporal.miou"}
+
+
+def headline(figures: dict[str, Any], names: dict[str, str] = HEADLINE) -> dict[str, float | None]:
+    """A few figures by their table names (``{"F1": "detection.f1", ...}``), None where not computed."""
+    return {name: figure(figures, dotted) for name, dotted in names.items()}
+
+
 def figure(figures: dict[str, Any], dotted: str) -> float | None:
     """A figure by dotted name (``detection.f1``, ``temporal.r@0.5``), None where it was not computed."""
     if not isinstance(figures, dict):
