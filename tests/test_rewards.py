@@ -7,11 +7,16 @@ need the ci model.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from vadr1_lib import prompts, stages
+from vadr1_lib import paths, prompts, stages
 from vadr1_lib.config import GRPOConfig
 from vadr1_lib.data import video
 from vadr1_lib.data.taxonomy import UnknownLabelError
@@ -110,6 +115,47 @@ def test_length_counts_with_the_tokenizer_when_ids_are_missing() -> None:
         rewards.LengthReward(cfg)([NORMAL_OK, NORMAL_OK], solution=["Normal", "Normal"])
 
 
+LENGTH_ACROSS_PROCESSES = """
+import json, sys
+from accelerate import PartialState
+from vadr1_lib.config import GRPOConfig
+from vadr1_lib.training import rewards
+from tests.test_rewards import ABNORMAL_OK, NORMAL_OK
+
+state = PartialState(cpu=True)
+rank = state.process_index
+# G = 2: process 0 holds the group (correct, correct), process 1 the group (correct, wrong).
+pairs = {0: [NORMAL_OK, NORMAL_OK], 1: [NORMAL_OK, ABNORMAL_OK]}[rank]
+local = rewards.LengthReward(GRPOConfig(num_generations=2))(pairs, solution=["Normal"] * 2, completion_ids=[[7] * 200] * 2)
+# G = 4: one group straddles both processes: (correct, wrong | correct, wrong).
+halves = {0: [NORMAL_OK, ABNORMAL_OK], 1: [NORMAL_OK, ABNORMAL_OK]}[rank]
+straddling = rewards.LengthReward(GRPOConfig(num_generations=4))(halves, solution=["Normal"] * 2,
+                                                                   completion_ids=[[7] * 200] * 2)
+json.dump({"local": local, "straddling": straddling}, open(sys.argv[1] + f"/rank{rank}.json", "w"))
+"""
+
+
+def test_length_bonus_groups_span_processes_in_the_global_order(tmp_path) -> None:
+    """Two real processes (gloo): each reads its groups at its offset in the gathered batch."""
+    script = tmp_path / "length_across_processes.py"
+    script.write_text(LENGTH_ACROSS_PROCESSES)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(_free_port()), str(script), str(tmp_path)],
+                            capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["local"] == [0.2, 0.2]  # two correct in its group
+    assert rank1["local"] == [0.0, 0.0]  # one correct in its own group (not process 0's)
+    assert rank0["straddling"] == rank1["straddling"] == [0.2, 0.0]  # two correct across the processes
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_length_rejects_a_batch_that_is_not_whole_groups() -> None:
     with pytest.raises(ValueError, match="groups of 4"):
         rewards.LengthReward(GRPOConfig(num_generations=4))([NORMAL_OK] * 3, solution=["Normal"] * 3,
@@ -182,8 +228,8 @@ def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos, ci_profile) ->
     # greedy answers are deterministic, so each view is generated once.
     assert (ava.history[-1]["queries"], ava.history[-1]["generations"]) == (8, 3)
     span_clip, *cut_clips = model.calls[0]
-    # Frames 2..6 (t = i/8 in [0.25, 0.75]) are dropped; 4 frames are resampled from 0, 1, 7.
-    assert span_clip.indices == [0, 1, 1, 7]
+    # [0.25, 0.75] covers frames 2..5 (frame i lasts i/8 to (i+1)/8); the 4 left are 0, 1, 6, 7.
+    assert span_clip.indices == [0, 1, 6, 7]
     assert len(span_clip.frames) == 4
     heads = []
     for clip in cut_clips:
@@ -208,3 +254,19 @@ def test_ava_without_queries_still_calls_generate_once_with_nothing(ci_videos, c
         [0.0] * len(GARBAGE)
     assert model.calls == [[]]
     assert ava.flip_rate is None
+
+
+def test_a_normal_answer_that_also_writes_a_when_is_checked_as_normal(ci_videos, ci_profile) -> None:
+    """A stray <when> in a Normal answer must not send it down the abnormal branch, where
+    its "span" would be cut and a Normal re-answer would pay +0.5: a reward-hacking path."""
+    paths, num_frames = ci_videos
+    normal_with_when = NORMAL_OK.replace("</answer>", " It lasts <when>[0.25, 0.75]</when>.</answer>")
+    assert prompts.NORMAL_LABEL in normal_with_when and "<when>[0.25, 0.75]</when>" in normal_with_when
+    model = ScriptedModel([NORMAL_OK])
+    ava = rewards.AnomalyVerificationReward(None, None, ci_profile, seed=0, generate_fn=model)
+    assert ava([normal_with_when], solution=["Normal"], video_path=[paths[0]]) == [0.0]
+    assert ava.history[-1]["branches"] == ["normal"]
+    (clip,), = model.calls
+    cuts = [ava.trimmed_indices(paths[0], video.head_tail_trim(head)) for head in (True, False)]
+    assert clip.indices in cuts  # a 30% head or tail cut, not the claimed span
+    assert clip.indices != ava.trimmed_indices(paths[0], (0.25, 0.75))

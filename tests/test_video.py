@@ -1,8 +1,10 @@
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vadr1_lib.data.drawing import SPAN_FRACTION_RANGE
 from vadr1_lib.data.video import (
     CorruptVideoError,
     VideoNotFoundError,
@@ -16,6 +18,8 @@ from vadr1_lib.data.video import (
     uniform_frame_indices,
     write_video,
 )
+from vadr1_lib.parsing import parse_completion
+from vadr1_lib.prompts import format_answer_abnormal
 
 NUM_FRAMES, HEIGHT, WIDTH, FPS = 24, 48, 64, 8.0
 
@@ -134,21 +138,38 @@ def test_uniform_frame_indices() -> None:
 
 
 def test_trimmed_frame_indices_exact() -> None:
-    # t = i / 10; frames 2..5 have t in [0.2, 0.5]
-    assert trimmed_frame_indices(10, (0.2, 0.5), 6) == [0, 1, 6, 7, 8, 9]
-    assert trimmed_frame_indices(10, (0.2, 0.5), 4) == [0, 6, 7, 9]
-    assert trimmed_frame_indices(10, (0.0, 0.3), 2) == [4, 9]
-    assert trimmed_frame_indices(10, (0.7, 1.0), 3) == [0, 3, 6]
-    assert trimmed_frame_indices(10, (0.0, 0.85), 4) == [9, 9, 9, 9]  # one frame left: repeated
+    # frame i lasts from i/10 to (i+1)/10: [0.2, 0.5] covers frames 2, 3, 4 (frame 5 starts at 0.5)
+    assert trimmed_frame_indices(10, (0.2, 0.5), 6) == [0, 1, 5, 7, 8, 9]
+    assert trimmed_frame_indices(10, (0.2, 0.5), 4) == [0, 5, 7, 9]
+    assert trimmed_frame_indices(10, (0.0, 0.3), 2) == [3, 9]  # the first 30%: frames 0-2
+    assert trimmed_frame_indices(10, (0.7, 1.0), 3) == [0, 3, 6]  # the last 30%: frames 7-9
+    assert trimmed_frame_indices(10, (0.0, 0.85), 4) == [9, 9, 9, 9]  # frame 8 is half covered; one left: repeated
+    assert trimmed_frame_indices(10, (0.2, 0.2004), 10) == list(range(10))  # less than rounding explains: nothing
+
+
+def test_the_exact_span_of_every_mini_anomaly_removes_exactly_its_frames() -> None:
+    """Every span a 32-frame Mini clip can have (25-70% of its frames), written as the
+    annotation writes <when> and read back by the parser: the trim removes exactly the
+    anomaly's frames, so a perfect verifier sees none of it and all of the rest."""
+    frames = 32
+    shortest, longest = math.ceil(SPAN_FRACTION_RANGE[0] * frames), math.floor(SPAN_FRACTION_RANGE[1] * frames)
+    for length in range(shortest, longest + 1):
+        for first in range(frames - length + 1):
+            written = format_answer_abnormal("Fire", "a fire starts", (first / frames, (first + length) / frames),
+                                             "centre", "fire is dangerous", "damage")
+            span = parse_completion(written, kind="direct").span
+            kept = set(trimmed_frame_indices(frames, span, frames))
+            assert kept == set(range(frames)) - set(range(first, first + length)), (first, length, span)
 
 
 @pytest.mark.parametrize("span", [(0.113, 0.646), (0.0, 0.3), (0.7, 1.0), (0.5, 0.5), (0.25, 0.999)])
 @pytest.mark.parametrize("num_frames", [17, 100, 795])
-def test_trimmed_frame_indices_never_include_excluded_frames(span: tuple[float, float], num_frames: int) -> None:
+def test_trimmed_frame_indices_never_include_covered_frames(span: tuple[float, float], num_frames: int) -> None:
     indices = trimmed_frame_indices(num_frames, span, 16)
     assert len(indices) == 16
     assert indices == sorted(indices)
-    assert all(not span[0] <= i / num_frames <= span[1] for i in indices)
+    covered = [i for i in range(num_frames) if span[0] + 0.0005 < (i + 1) / num_frames and i / num_frames < span[1] - 0.0005]
+    assert not set(indices) & set(covered)
     assert all(0 <= i < num_frames for i in indices)
 
 

@@ -263,9 +263,22 @@ def uniform_frame_indices(num_frames: int, n: int) -> list[int]:
     return _spread(n, num_frames)
 
 
+# <when> carries 3 decimals (vadr1_lib.prompts.format_when), so a written span end can be
+# off by up to half of 0.001 from the frame boundary it stands for.
+SPAN_ROUNDING = 0.0005
+
+
 def trimmed_frame_indices(num_frames: int, exclude: tuple[float, float], n: int) -> list[int]:
-    """AVA's verification trim: drop every frame whose normalised time t = i / num_frames
-    lies in [s, e], then take n frames uniformly from what is left.
+    """AVA's verification trim: drop every frame the span ``[s, e]`` covers, then take n
+    frames uniformly from what is left.
+
+    Frame i lasts from i / T to (i + 1) / T. It is covered when the span overlaps it by
+    more than the span's rounding (:data:`SPAN_ROUNDING`) can explain, so the exact span of
+    frames ``start <= i < end``, written at 3 decimals, removes exactly those frames for any
+    video under 1,000 frames (beyond that, 3 decimals cannot name a single frame). The
+    release dropped frames ``int(s T)`` to ``int(e T)``; the first version here kept a frame
+    whose start lies just before ``s`` (frame 22 of 32 for ``[0.688, 0.969]``), so the exact
+    span left an anomaly frame in the "anomaly removed" view.
 
     When fewer than n frames remain, frames repeat (as in `uniform_frame_indices`), so
     the re-query sees as many frames as the original question did. Raises ValueError when
@@ -276,7 +289,9 @@ def trimmed_frame_indices(num_frames: int, exclude: tuple[float, float], n: int)
         raise ValueError(f"exclude must satisfy 0 <= s <= e <= 1, got {exclude}")
     if num_frames < 1 or n < 1:
         raise ValueError(f"need num_frames >= 1 and n >= 1, got {num_frames} and {n}")
-    kept = [i for i in range(num_frames) if not start <= i / num_frames <= end]
+    covered = [(i + 1) / num_frames > start + SPAN_ROUNDING and i / num_frames < end - SPAN_ROUNDING
+               for i in range(num_frames)]
+    kept = [i for i in range(num_frames) if not covered[i]]
     if not kept:
         raise ValueError(f"excluding {exclude} removes all {num_frames} frames")
     return [kept[position] for position in _spread(n, len(kept))]
