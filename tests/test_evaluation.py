@@ -162,3 +162,40 @@ def test_unmatchable_predictions_are_an_error_not_a_silent_result():
     twins = [GROUND_TRUTH[0], dataset.SFTRecord(**{**GROUND_TRUTH[0].__dict__, "source": "U"})]
     with pytest.raises(ValueError, match="cannot tell those videos apart"):
         scores.evaluate({"a1": "x"}, twins, match_by="video", text_metrics=False, bootstrap_resamples=0)
+
+
+# Paired comparison of two models on the same videos
+
+
+def _many(n_abnormal: int, n_normal: int) -> list[dataset.SFTRecord]:
+    return [_record(f"a{i}", True) for i in range(n_abnormal)] + [_record(f"n{i}", False) for i in range(n_normal)]
+
+
+def _answer(abnormal: bool, span: str = "[0.2, 0.6]") -> str:
+    return f"<which>Fighting</which><when>{span}</when>" if abnormal else "<which>Normal</which>"
+
+
+def test_identical_models_differ_by_exactly_nothing():
+    truth = _many(10, 10)
+    texts = {r.id: _answer(i % 3 == 0) for i, r in enumerate(truth)}
+    same = scores.score_videos(texts, truth, text_metrics=False)
+    for name, entry in scores.paired_differences(same, same, n_resamples=200).items():
+        assert entry == {"difference": 0.0, "ci95": [0.0, 0.0]}, name
+
+
+def test_a_model_that_fixes_videos_and_breaks_none_has_a_positive_paired_interval():
+    truth = _many(20, 20)
+    before = {r.id: _answer(False) for r in truth}  # says Normal everywhere: accuracy 0.5
+    after = dict(before, **{r.id: _answer(True) for r in truth[:12]})  # 12 of the 20 anomalies found, exact spans
+    differences = scores.paired_differences(scores.score_videos(before, truth, text_metrics=False),
+                                            scores.score_videos(after, truth, text_metrics=False), n_resamples=500)
+    accuracy, precision, miou = (differences[k] for k in ("detection.accuracy", "detection.precision",
+                                                           "strict.temporal.miou"))
+    assert accuracy["difference"] == pytest.approx(12 / 40)  # 20/40 -> 32/40
+    assert 0 < accuracy["ci95"][0] <= accuracy["difference"] <= accuracy["ci95"][1]
+    assert precision["difference"] == pytest.approx(1.0)  # no abnormal call before (0 by convention), all right after
+    assert miou["difference"] == pytest.approx(12 / 20)  # 12 exact spans of 20 abnormal videos
+    assert differences["format.valid_rate"]["difference"] == 0.0  # neither writes the template
+    with pytest.raises(ValueError, match="same test videos"):
+        scores.paired_differences(scores.score_videos(before, truth, text_metrics=False),
+                                  scores.score_videos(before, truth[::-1], text_metrics=False))
