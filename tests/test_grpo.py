@@ -199,3 +199,18 @@ def test_the_profiles_sampling_and_clipping_reach_the_trainer(ci, tmp_path) -> N
     _, processor = modeling.load_model_and_processor(ci[1], profile)
     args = grpo.training_arguments(profile, tmp_path, processor)
     assert (args.top_k, args.max_grad_norm, args.top_p) == (50, 5.0, 0.9)
+
+
+def test_the_loss_computed_by_hand_is_the_loss_that_trained(ci, tmp_path) -> None:
+    """Notebook 04 redoes GRPO's arithmetic on the first real batch: group advantages from the
+    rewards, then the per-token loss from the policy's and the reference's log-probs. Both
+    must equal what the trainer computed, or the notebook teaches a different loss."""
+    profile, start, splits = ci
+    seen = grpo.inspect_first_batch(profile, start, splits.rl, tmp_path, use_ava=True, video_root=splits.video_root)
+    assert seen["reward_names"] == ["accuracy_reward", "format_reward", "length_reward", "ava_reward"]
+    total = seen["rewards_per_func"].nansum(dim=1)
+    by_hand = grpo.group_advantages(total, seen["num_generations"])
+    assert torch.allclose(by_hand, seen["advantages"], atol=1e-6)
+    loss = grpo.grpo_loss(seen["policy_logps"], seen["ref_logps"], seen["advantages"], seen["completion_mask"],
+                          seen["beta"])
+    assert float(loss) == pytest.approx(seen["loss"], abs=1e-6)

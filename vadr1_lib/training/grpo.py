@@ -60,6 +60,12 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         super().__init__(*args, **kwargs)
         self._batch_clips: list[video.VideoClip] | None = None
         self._batch_video: dict[str, list[torch.Tensor]] | None = None
+        # With ``inspect_first_batch`` the first batch's numbers are kept in ``inspected``
+        # (rewards per function, advantages, log-probs of policy and reference, mask, loss),
+        # so that notebook 04 can redo GRPO's arithmetic by hand on what really trained.
+        self.inspect_first_batch = False
+        self.inspected: dict[str, Any] = {}
+        self._loss_logps: torch.Tensor | None = None
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         self._batch_clips = [row[CLIP_COLUMN] for row in inputs]
@@ -91,12 +97,27 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         }
         return prompt_ids, images, fields
 
+    def _calculate_rewards(self, inputs: Any, prompts_batch: Any, completions: Any, completion_ids_list: Any) -> Any:
+        # Overridden only to keep the first batch's rewards for ``inspected``.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts_batch, completions, completion_ids_list)
+        if self.inspect_first_batch and "rewards_per_func" not in self.inspected:
+            self.inspected.update(rewards_per_func=rewards_per_func.detach().cpu(), reward_names=list(self.reward_func_names))
+        return rewards_per_func
+
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         self._batch_video = {key: inputs[key] for key in VIDEO_KEYS}
         try:
-            return super()._compute_loss(model, inputs)
+            loss = super()._compute_loss(model, inputs)
         finally:
             self._batch_video = None
+        if self.inspect_first_batch and "loss" not in self.inspected:
+            self.inspected.update(
+                advantages=inputs["advantages"].detach().cpu(), completion_mask=inputs["completion_mask"].detach().cpu(),
+                policy_logps=self._loss_logps.detach().cpu(),
+                ref_logps=None if self.beta == 0 else inputs["ref_per_token_logps"].detach().cpu(),
+                beta=self.beta, num_generations=self.num_generations,
+                loss=float(loss.detach()) * self.current_gradient_accumulation_steps)  # TRL divides by the accumulation
+        return loss
 
     def _get_per_token_logps_and_entropies(self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                                            logits_to_keep: int, batch_size: int | None = None,
@@ -127,7 +148,10 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
             logps.append(chunk[0])
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])
-        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+        logps = torch.cat(logps)
+        if torch.is_grad_enabled():  # the policy's forward in the loss (old and reference ones run without grad)
+            self._loss_logps = logps
+        return (logps, torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux_losses).mean() if compute_aux_loss else None)
 
     def _completion_log_probs(self, model: Any, inputs: dict[str, Any], logits_to_keep: int,
@@ -262,6 +286,34 @@ def reward_functions(profile: Profile, processor: Any, trainer_getter: Any, *, u
     return funcs
 
 
+def build_trainer(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool, checkpoints: Path,
+                  video_root: Path | None = None) -> tuple[VideoGRPOTrainer, Any]:
+    """The trainer :func:`train` runs, and its processor: the model in the profile's mode, the
+    rewards, the video-aware RL dataset."""
+    records = dataset.load_rl(rl_file, video_root=video_root)
+    model, processor = modeling.load_for_training(str(start_model), profile)
+    trainer: VideoGRPOTrainer | None = None
+    funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
+    trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
+                               train_dataset=rl_dataset(records, profile), processing_class=processor)
+    return trainer, processor
+
+
+def inspect_first_batch(profile: Profile, start_model: str | Path, rl_file: Path, scratch: Path, *, use_ava: bool,
+                        video_root: Path | None = None) -> dict[str, Any]:
+    """One training step of the profile's GRPO, with the first batch's numbers kept (see
+    :class:`VideoGRPOTrainer`): what notebook 04 recomputes by hand. Writes only to ``scratch``."""
+    from vadr1_lib import config
+
+    one_step = config.load_profile(profile.name, [*profile.overrides, "grpo.max_steps=1", "launch.report_to=[]"])
+    trainer, _ = build_trainer(one_step, start_model, rl_file, use_ava=use_ava, checkpoints=Path(scratch),
+                               video_root=video_root)
+    trainer.args.save_strategy = "no"
+    trainer.inspect_first_batch = True
+    trainer.train()
+    return trainer.inspected
+
+
 def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool,
           output_dir: Path | None = None, video_root: Path | None = None) -> GRPOResult:
     """GRPO (with AVA when ``use_ava``) from ``start_model`` on the RL split; saves model/adapter + processor.
@@ -270,14 +322,10 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
     """
     output_dir = Path(output_dir or stage_dir(profile, use_ava=use_ava))
     checkpoints = output_dir / "checkpoints"
-    records = dataset.load_rl(rl_file, video_root=video_root)
-    model, processor = modeling.load_for_training(str(start_model), profile)
-    trainer: VideoGRPOTrainer | None = None
-    funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
-    trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
-                               train_dataset=rl_dataset(records, profile), processing_class=processor)
+    trainer, processor = build_trainer(profile, start_model, rl_file, use_ava=use_ava, checkpoints=checkpoints,
+                                       video_root=video_root)
     seconds, resume = common.train_and_save(trainer, processor, output_dir, checkpoints)
-    ava = funcs[-1] if use_ava else None
+    ava = trainer.reward_funcs[-1] if use_ava else None
     history = trainer.state.log_history
     return GRPOResult(output_dir, use_ava, seconds, trainer.state.global_step, history, resume,
                       [entry["step_time"] for entry in history if "step_time" in entry],
