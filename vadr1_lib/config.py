@@ -173,6 +173,9 @@ class GRPOConfig:
     top_p: float = 0.95
     top_k: int = 0  # 0: no top-k (TRL's default); the release sampled with generate's default, 50
     max_grad_norm: float = 1.0  # the trainer's default; the release clipped at 5
+    # Weights of accuracy, format, length and (with AVA) the AVA reward; None: 1 each, as the release.
+    reward_weights: list[float] | None = None
+    balanced_batches: bool = False  # every step holds both verdicts (vadr1_lib.training.grpo.alternate_verdicts)
     use_ava: bool = True
     ava_abnormal_bonus: float = 0.5
     ava_normal_penalty: float = -0.2

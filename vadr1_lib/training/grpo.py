@@ -189,6 +189,8 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
         raise FileNotFoundError(f"{len(missing)} of {len(records)} RL videos are missing, e.g. {shown}")
     for record in records:
         taxonomy.binary_label(record.solution)  # an unknown weak label fails here, not mid-training
+    if profile.grpo.balanced_batches:
+        records = alternate_verdicts(records, profile.grpo.seed)
     rows = datasets.Dataset.from_list([
         {"id": r.id, PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
     ])
@@ -200,6 +202,24 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
                 "prompt": [prompts.build_messages("p2c", video=clip.frames) for clip in decoded]}
 
     return rows.with_transform(attach_clips)
+
+
+def alternate_verdicts(records: list[dataset.RLRecord], seed: int) -> list[dataset.RLRecord]:
+    """The RL videos in an order that alternates Abnormal and Normal (each verdict shuffled
+    by ``seed``; the larger one's surplus at the end), for ``grpo.balanced_batches``.
+
+    Why: TRL's sampler, told not to shuffle, takes consecutive videos into a step, so every
+    step then holds both verdicts. With a few videos per step and shuffled ones, a step of
+    only Normal videos pushes every rollout toward Normal (it is the answer that earns the
+    format and length rewards most easily), which is how RL drifted to Normal on the cpu
+    profile. As for SFT's balanced batches, the verdict's prior then cancels within a step.
+    """
+    order = torch.Generator().manual_seed(seed)
+    groups = [[r for r in records if r.is_abnormal == verdict] for verdict in (True, False)]
+    shuffled = [[group[i] for i in torch.randperm(len(group), generator=order).tolist()] for group in groups]
+    alternating = [record for pair in zip(*shuffled) for record in pair]
+    shorter = min(len(group) for group in shuffled)
+    return alternating + [record for group in shuffled for record in group[shorter:]]
 
 
 def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
@@ -216,7 +236,10 @@ def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> trl.GRPOConfig:
+REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of reward_functions and grpo.reward_weights
+
+
+def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, use_ava: bool = True) -> trl.GRPOConfig:
     """TRL's config from the profile. ``loss_type="grpo"`` averages over each completion's
     tokens, then over completions (``docs/vad-r1.md``, "GRPO as the paper uses it"); TRL's default
     ``dapo`` would not. Precision and memory settings come from the ``train`` section, as for SFT."""
@@ -229,11 +252,23 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any) -> tr
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
+        reward_weights=reward_weights(profile, use_ava=use_ava),
+        shuffle_dataset=not g.balanced_batches,  # balanced: the alternating order of rl_dataset is kept
         # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
         generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
         loss_type="grpo",
         scale_rewards="group",
     )
+
+
+def reward_weights(profile: Profile, *, use_ava: bool) -> list[float] | None:
+    """``grpo.reward_weights`` for the rewards in use (AVA's dropped without AVA); None: 1 each."""
+    weights = profile.grpo.reward_weights
+    if weights is None:
+        return None
+    if len(weights) != len(REWARD_NAMES):
+        raise ValueError(f"grpo.reward_weights needs one weight per reward ({', '.join(REWARD_NAMES)}), got {weights}")
+    return list(weights if use_ava else weights[:-1])
 
 
 @dataclass
@@ -294,7 +329,8 @@ def build_trainer(profile: Profile, start_model: str | Path, rl_file: Path, *, u
     model, processor = modeling.load_for_training(str(start_model), profile)
     trainer: VideoGRPOTrainer | None = None
     funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
-    trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs, args=training_arguments(profile, checkpoints, processor),
+    trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs,
+                               args=training_arguments(profile, checkpoints, processor, use_ava=use_ava),
                                train_dataset=rl_dataset(records, profile), processing_class=processor)
     return trainer, processor
 
