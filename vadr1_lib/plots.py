@@ -87,12 +87,26 @@ def histogram(values: Sequence[float], *, bins: int = 20, title: str = "", xlabe
     return _save(fig, save_to)
 
 
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    starts = np.maximum(np.arange(1, len(values) + 1) - window, 0)
+    return (sums[1:] - sums[starts]) / (np.arange(1, len(values) + 1) - starts)
+
+
 def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "", xlabel: str = "step",
-           ylabel: str = "", save_to: str | Path | None = None) -> Figure:
-    """Several named (x, y) curves on one axis: losses, rewards by component."""
+           ylabel: str = "", smooth: int = 0, save_to: str | Path | None = None) -> Figure:
+    """Several named (x, y) curves on one axis: losses, rewards by component. With ``smooth``
+    > 1, each curve is drawn faintly and its moving average over ``smooth`` points on top
+    (a per-step reward over a few videos is mostly noise; the trend is what RL changes)."""
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name)
+        if smooth > 1:
+            line, = ax.plot(xs, ys, alpha=0.25)
+            ax.plot(xs, moving_average(ys, smooth), color=line.get_color(), label=f"{name} ({smooth}-step mean)")
+        else:
+            ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=name)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
