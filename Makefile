@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(PY) -m vadr1_lib report --profile $(PROFILE) --write-readme
 
 test: $(STAMP)
-	VADR1_PROFILE=ci $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q
+	VADR1_PROFILE=ci VADR1_UNATTENDED=1 $(PY) -m pytest tests notebooks --nbmake --nbmake-timeout=900 -q
 
 clean-runs:
 	rm -rf runs/ci runs/cpu

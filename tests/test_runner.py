@@ -25,16 +25,20 @@ def notebooks(tmp_path, monkeypatch):
     monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "runs"))
     _write(folder / "00_ok.ipynb", 'profile = "cpu"\noverrides = {}',
            "import json, os, pathlib\n"
-           "pathlib.Path('seen.json').write_text(json.dumps([profile, overrides, os.environ.get('VADR1_PROFILE')]))")
+           "pathlib.Path('seen.json').write_text(json.dumps([profile, overrides, os.environ.get('VADR1_PROFILE'),\n"
+           "                                                  os.environ.get('VADR1_UNATTENDED')]))")
     return folder
 
 
 def test_parameters_reach_the_notebook_and_outputs_land_under_runs(notebooks, tmp_path, monkeypatch):
     monkeypatch.setenv(config.PROFILE_ENV_VAR, "cpu")  # as under nbmake: must not win over the parameter
+    monkeypatch.delenv("VADR1_UNATTENDED", raising=False)
     runs = runner.run_notebooks("ci", overrides=["sft.max_steps=3"], log=lambda *_: None)
     assert config.os.environ[config.PROFILE_ENV_VAR] == "cpu"  # and is restored for whatever runs next
     assert [r.notebook for r in runs] == ["00_ok.ipynb"] and runs[0].error is None
-    assert json.loads((notebooks / "seen.json").read_text()) == ["ci", {"sft.max_steps": 3}, None]
+    # the profile comes from the parameter; the kernels know nobody is watching (widgets go static)
+    assert json.loads((notebooks / "seen.json").read_text()) == ["ci", {"sft.max_steps": 3}, None, "1"]
+    assert "VADR1_UNATTENDED" not in config.os.environ
     assert (tmp_path / "runs" / "ci" / "notebooks" / "00_ok.ipynb").is_file()
 
 

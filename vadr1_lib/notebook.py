@@ -49,6 +49,16 @@ def use_hosted_storage() -> Path | None:
     return root
 
 
+UNATTENDED_ENV = "VADR1_UNATTENDED"  # set by run-notebooks (papermill) and `make test` (nbmake)
+
+
+def unattended() -> bool:
+    """True when nobody is looking: papermill or nbmake runs the notebook. Interactive
+    widgets then show a static figure instead: they need a live front end, and on a loaded
+    machine their messages hung papermill's exchange with the kernel (seen twice here)."""
+    return os.environ.get(UNATTENDED_ENV) == "1"
+
+
 def setup(profile_name: str, overrides: dict[str, Any] | list[str] | None = None) -> config.Profile:
     """Resolve the profile (``VADR1_PROFILE`` wins, for nbmake in CI), use persistent storage
     on a hosted notebook, set threads, say what runs."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vadr1_lib import config, paths
+from vadr1_lib import notebook as notebook_module
 
 
 @dataclass
@@ -83,6 +84,20 @@ def _environment_without(name: str) -> Iterator[None]:
             os.environ[name] = saved
 
 
+@contextlib.contextmanager
+def _environment_with(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable for the kernels of one run, then restore it."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
 def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides: list[str] | None = None,
                   log=print) -> list[NotebookRun]:
     import papermill
@@ -98,7 +113,7 @@ def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides
         log(f"--> {notebook.name} (profile {profile.name})")
         start = time.perf_counter()
         try:
-            with _environment_without(config.PROFILE_ENV_VAR):
+            with _environment_without(config.PROFILE_ENV_VAR), _environment_with(notebook_module.UNATTENDED_ENV, "1"):
                 papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
                                            cwd=str(paths.NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
         except Exception as exc:  # papermill wraps the kernel's error; name the cell
