@@ -132,6 +132,7 @@ halves = {0: [NORMAL_OK, ABNORMAL_OK], 1: [NORMAL_OK, ABNORMAL_OK]}[rank]
 straddling = rewards.LengthReward(GRPOConfig(num_generations=4))(halves, solution=["Normal"] * 2,
                                                                    completion_ids=[[7] * 200] * 2)
 json.dump({"local": local, "straddling": straddling}, open(sys.argv[1] + f"/rank{rank}.json", "w"))
+state.destroy_process_group()  # gloo's threads otherwise abort the exiting process now and then
 """
 
 
@@ -270,3 +271,14 @@ def test_a_normal_answer_that_also_writes_a_when_is_checked_as_normal(ci_videos,
     cuts = [ava.trimmed_indices(paths[0], video.head_tail_trim(head)) for head in (True, False)]
     assert clip.indices in cuts  # a 30% head or tail cut, not the claimed span
     assert clip.indices != ava.trimmed_indices(paths[0], (0.25, 0.75))
+
+
+def test_flip_rates_are_split_by_branch_and_by_whether_the_rollout_was_right(ci_videos, ci_profile) -> None:
+    paths, _ = ci_videos
+    ava = rewards.AnomalyVerificationReward(None, None, ci_profile, seed=0, generate_fn=ScriptedModel([NORMAL_OK] * 3))
+    ava([ABNORMAL_OK, NORMAL_OK, NORMAL_OK], solution=["Abnormal", "Normal", "Abnormal"], video_path=paths[:3])
+    assert ava.flip_rates() == {  # the verifier always answers Normal here
+        "abnormal, right rollout": {"queries": 1, "flip_rate": 1.0},
+        "normal, right rollout": {"queries": 1, "flip_rate": 0.0},
+        "normal, wrong rollout": {"queries": 1, "flip_rate": 0.0},
+    }

@@ -163,10 +163,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
+    from vadr1_lib.cluster import launch
     from vadr1_lib.training.common import StageMarker
 
     profile = _profile(args)
     out = stages.ensure_sft(profile, dry_run=args.dry_run)
+    launch.finish_launched_process()
     marker = StageMarker(out).read()
     if marker and not args.dry_run:
         print(f"SFT ({marker['mode']}) of {marker['base_model']}: {marker['global_step']} steps in "
@@ -192,11 +194,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
+    from vadr1_lib.cluster import launch
     from vadr1_lib.training.common import StageMarker
 
     profile = _profile(args)
     use_ava = profile.grpo.use_ava and not args.no_ava
     out = stages.ensure_grpo(profile, use_ava=use_ava, dry_run=args.dry_run)
+    launch.finish_launched_process()
     marker = StageMarker(out).read()
     if marker and not args.dry_run:
         step = "" if marker["mean_step_seconds"] is None else f", {marker['mean_step_seconds']:.2f} s/step"

@@ -61,6 +61,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def finish_launched_process() -> None:
+    """End a launched process's process group before it exits: gloo's threads left running
+    at interpreter exit abort the process (SIGABRT) now and then, and the launch then fails
+    after the work was done."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def needs_launcher(profile: Profile) -> bool:
     return profile.launch.num_processes > 1 and not inside_distributed_launch()
 

@@ -282,6 +282,7 @@ class GRPOResult:
     step_seconds: list[float]  # TRL's per-step time (generation, rewards, loss), as logged
     ava_history: list[dict[str, Any]]  # this process's AVA calls (empty without AVA)
     flip_rate: float | None
+    flip_rates: dict[str, dict[str, Any]]  # by branch and by whether the rollout was right (empty without AVA)
 
     @property
     def mean_step_seconds(self) -> float | None:
@@ -298,7 +299,7 @@ class GRPOResult:
             "start_model": str(start_model), "fingerprint": fingerprint_value, "train_seconds": self.train_seconds,
             "global_step": self.global_step, "resumed_from": self.resumed_from,
             "mean_step_seconds": self.mean_step_seconds, "step_seconds": self.step_seconds,
-            "reward_curves": self.reward_curves(), "flip_rate": self.flip_rate,
+            "reward_curves": self.reward_curves(), "flip_rate": self.flip_rate, "flip_rates": self.flip_rates,
             "ava_history": self.ava_history, "log_history": self.log_history,
         }
 
@@ -365,7 +366,7 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
     history = trainer.state.log_history
     return GRPOResult(output_dir, use_ava, seconds, trainer.state.global_step, history, resume,
                       [entry["step_time"] for entry in history if "step_time" in entry],
-                      ava.history if ava else [], ava.flip_rate if ava else None)
+                      ava.history if ava else [], ava.flip_rate if ava else None, ava.flip_rates() if ava else {})
 
 
 # ---------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ class AnomalyVerificationReward:
         _check_lengths(completions, "video_path", video_path)
         rewards = [0.0] * len(completions)
         branches: list[str] = []
-        queries: list[tuple[int, str | None, int]] = []  # (rollout, its label, its view) per re-query
+        queries: list[tuple[int, str | None, bool, int]] = []  # (rollout, its label, right?, its view) per re-query
         views: dict[tuple[str, tuple[int, ...]], int] = {}  # (video, frames kept) -> index into clips
         clips: list[video.VideoClip] = []
         untrimmable = 0
@@ -226,16 +226,20 @@ class AnomalyVerificationReward:
             if view not in views:  # rollouts whose trims keep the same frames share one query
                 views[view] = len(clips)
                 clips.append(video.load_clip(path, indices))
-            queries.append((i, parsed.predicted_label if parsed.which else None, views[view]))
+            queries.append((i, parsed.predicted_label if parsed.which else None, _accuracy(parsed, label) == 1.0,
+                            views[view]))
         unique_answers = self._generate(clips)
         if len(unique_answers) != len(clips):
             raise RuntimeError(f"generate_fn returned {len(unique_answers)} answers for {len(clips)} clips")
         flips = bonus = penalty = 0
-        for (i, original, view_index) in queries:
+        checks = []  # one per re-query: which branch, was the rollout right, did the verifier's answer flip
+        for (i, original, right, view_index) in queries:
             answer = unique_answers[view_index]
             reparsed = parsing.parse_completion(completion_text(answer))
             now = reparsed.predicted_label if reparsed.which else None
-            flips += now is not None and now != original
+            flipped = now is not None and now != original
+            flips += flipped
+            checks.append({"branch": branches[i], "right": right, "flipped": flipped})
             if branches[i] == "abnormal" and now == NORMAL_LABEL:
                 rewards[i], bonus = self.cfg.ava_abnormal_bonus, bonus + 1
             elif branches[i] == "normal" and now == ABNORMAL_LABEL:
@@ -243,7 +247,7 @@ class AnomalyVerificationReward:
         record = {
             "rollouts": len(completions), "queries": len(queries), "generations": len(clips), "flips": flips,
             "flip_rate": flips / len(queries) if queries else None, "bonus": bonus, "penalty": penalty,
-            "untrimmable": untrimmable, "rewards": rewards, "branches": branches,
+            "untrimmable": untrimmable, "rewards": rewards, "branches": branches, "checks": checks,
             "seconds": time.perf_counter() - start,
         }
         self.history.append(record)
@@ -252,6 +256,16 @@ class AnomalyVerificationReward:
             if queries:
                 log_metric("ava/flip_rate", flips / len(queries))
         return rewards
+
+    def flip_rates(self) -> dict[str, dict[str, float | int | None]]:
+        """Flip rates over every call so far, split by branch and by whether the rollout was
+        right: what the verifier does with right and wrong claims tells whether AVA can pay."""
+        split: dict[str, list[bool]] = {}
+        for record in self.history:
+            for check in record.get("checks", []):
+                key = f"{check['branch']}, {'right' if check['right'] else 'wrong'} rollout"
+                split.setdefault(key, []).append(check["flipped"])
+        return {key: {"queries": len(flips), "flip_rate": sum(flips) / len(flips)} for key, flips in sorted(split.items())}
 
     @property
     def flip_rate(self) -> float | None:
