@@ -208,9 +208,15 @@ def test_the_loss_computed_by_hand_is_the_loss_that_trained(ci, tmp_path) -> Non
     profile, start, splits = ci
     seen = grpo.inspect_first_batch(profile, start, splits.rl, tmp_path, use_ava=True, video_root=splits.video_root)
     assert seen["reward_names"] == ["accuracy_reward", "format_reward", "length_reward", "ava_reward"]
-    total = seen["rewards_per_func"].nansum(dim=1)
+    total = (seen["rewards_per_func"] * seen["reward_weights"]).nansum(dim=1)
     by_hand = grpo.group_advantages(total, seen["num_generations"])
     assert torch.allclose(by_hand, seen["advantages"], atol=1e-6)
     loss = grpo.grpo_loss(seen["policy_logps"], seen["ref_logps"], seen["advantages"], seen["completion_mask"],
                           seen["beta"])
     assert float(loss) == pytest.approx(seen["loss"], abs=1e-6)
+
+
+def test_thirds_of_a_curve() -> None:
+    assert grpo.thirds([0, 0, 1, 1, 2, 2, 3]) == pytest.approx((0.0, 4 / 3, 2.5))  # 2 + 3 + 2 steps
+    with pytest.raises(ValueError, match="at least 3"):
+        grpo.thirds([1.0, 2.0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from vadr1_lib import paths
 from vadr1_lib.config import Profile
@@ -56,7 +57,27 @@ def results_markdown(profile: Profile) -> str:
         timings.append("VANE-style accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in vane.items() if v is not None))
     if timings:
         lines += ["", "Training time and extra figures: " + "; ".join(timings) + "."]
+    lines += _paired_lines(load_metrics(profile, "04_ava_grpo"))
     return "\n".join(lines)
+
+
+PAIRED_COLUMNS = (("accuracy", "detection.accuracy"), ("F1", "detection.f1"), ("precision", "detection.precision"),
+                  ("strict mIoU", "strict.temporal.miou"), ("format valid", "format.valid_rate"))
+
+
+def _paired_lines(rl: dict[str, Any] | None) -> list[str]:
+    """What RL changed on the same test videos, with 95% paired bootstrap intervals."""
+    paired = (rl or {}).get("metrics", {}).get("paired")
+    if not paired:
+        return []
+    lines = ["", "What RL changed on the same test videos (difference, 95% paired bootstrap interval):", "",
+             "| comparison | " + " | ".join(f"Δ {name}" for name, _ in PAIRED_COLUMNS) + " |",
+             "|---|" + "---|" * len(PAIRED_COLUMNS)]
+    for label, differences in paired.items():
+        cells = [f"{differences[key]['difference']:+.3f} [{differences[key]['ci95'][0]:+.2f}, "
+                 f"{differences[key]['ci95'][1]:+.2f}]" if key in differences else "–" for _, key in PAIRED_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_readme(profile: Profile, readme: Path | None = None) -> Path:

@@ -101,7 +101,8 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         # Overridden only to keep the first batch's rewards for ``inspected``.
         rewards_per_func = super()._calculate_rewards(inputs, prompts_batch, completions, completion_ids_list)
         if self.inspect_first_batch and "rewards_per_func" not in self.inspected:
-            self.inspected.update(rewards_per_func=rewards_per_func.detach().cpu(), reward_names=list(self.reward_func_names))
+            self.inspected.update(rewards_per_func=rewards_per_func.detach().cpu(), reward_names=list(self.reward_func_names),
+                                  reward_weights=self.reward_weights.detach().cpu())
         return rewards_per_func
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
@@ -259,6 +260,16 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, us
         loss_type="grpo",
         scale_rewards="group",
     )
+
+
+def thirds(values: list[float]) -> tuple[float, float, float]:
+    """Means of the first, middle and last third of a per-step curve: a reward over a few
+    videos per step is noisy, the thirds show whether it rose."""
+    if len(values) < 3:
+        raise ValueError(f"need at least 3 steps to compare thirds, got {len(values)}")
+    third = len(values) // 3
+    first, middle, last = values[:third], values[third:len(values) - third], values[len(values) - third:]
+    return statistics.fmean(first), statistics.fmean(middle), statistics.fmean(last)
 
 
 def reward_weights(profile: Profile, *, use_ava: bool) -> list[float] | None:
