@@ -3,6 +3,7 @@ trains, AVA runs through the real model, and the stage is cached and loadable.""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -220,3 +221,27 @@ def test_thirds_of_a_curve() -> None:
     assert grpo.thirds([0, 0, 1, 1, 2, 2, 3]) == pytest.approx((0.0, 4 / 3, 2.5))  # 2 + 3 + 2 steps
     with pytest.raises(ValueError, match="at least 3"):
         grpo.thirds([1.0, 2.0])
+
+
+def test_balanced_rl_batches_alternate_the_verdicts_and_keep_every_video(ci) -> None:
+    profile, _, splits = ci
+    records = dataset.load_rl(splits.rl, video_root=splits.video_root)
+    extra = [dataclasses.replace(records[0], video=f"extra{i}") for i in range(3)]  # one verdict more plentiful
+    ordered = grpo.alternate_verdicts(records + extra, seed=1)
+    assert sorted(r.video for r in ordered) == sorted(r.video for r in records + extra)
+    shorter = min(sum(r.is_abnormal for r in ordered), sum(not r.is_abnormal for r in ordered))
+    verdicts = [r.is_abnormal for r in ordered[: 2 * shorter]]
+    assert all(a != b for a, b in zip(verdicts, verdicts[1:]))  # every pair of consecutive videos: both verdicts
+    assert grpo.alternate_verdicts(records + extra, seed=1) == ordered != grpo.alternate_verdicts(records + extra, seed=2)
+    balanced = load_profile("ci", {"grpo.balanced_batches": True})
+    _, processor = modeling.load_model_and_processor(ci[1], balanced)
+    assert grpo.training_arguments(balanced, splits.rl.parent, processor).shuffle_dataset is False  # TRL keeps the order
+
+
+def test_reward_weights_name_every_reward_and_drop_avas_without_ava() -> None:
+    profile = load_profile("ci", {"grpo.reward_weights": [2.0, 0.5, 0.5, 1.0]})
+    assert grpo.reward_weights(profile, use_ava=True) == [2.0, 0.5, 0.5, 1.0]
+    assert grpo.reward_weights(profile, use_ava=False) == [2.0, 0.5, 0.5]
+    assert grpo.reward_weights(load_profile("ci"), use_ava=True) is None  # 1 each, as the release
+    with pytest.raises(ValueError, match="one weight per reward"):
+        grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": [1.0, 1.0]}), use_ava=True)
