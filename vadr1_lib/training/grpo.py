@@ -150,7 +150,7 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
             entropies.append(chunk[1])
             aux_losses.append(chunk[2])
         logps = torch.cat(logps)
-        if torch.is_grad_enabled():  # the policy's forward in the loss (old and reference ones run without grad)
+        if self.inspect_first_batch and torch.is_grad_enabled():  # the loss's policy forward (the others: no grad)
             self._loss_logps = logps
         return (logps, torch.cat(entropies) if compute_entropy else None,
                 torch.stack(aux_losses).mean() if compute_aux_loss else None)
