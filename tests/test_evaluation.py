@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vadr1_lib import cli
+from vadr1_lib import cli, prompts
 from vadr1_lib.data import dataset
 from vadr1_lib.evaluation import scores
 
@@ -199,3 +199,19 @@ def test_a_model_that_fixes_videos_and_breaks_none_has_a_positive_paired_interva
     with pytest.raises(ValueError, match="same test videos"):
         scores.paired_differences(scores.score_videos(before, truth, text_metrics=False),
                                   scores.score_videos(before, truth[::-1], text_metrics=False))
+
+
+def test_answer_kinds_separate_what_the_reward_and_the_evaluation_read_differently(tmp_path):
+    well_formed = prompts.format_think(["A street.", "Fists fly.", "A fight.", "Harm."]) + "\n" + \
+        prompts.format_answer_abnormal("Fighting", "two people fight", (0.2, 0.6), "centre", "violence", "injury")
+    truth = _many(4, 2)
+    texts = {"T/a0": well_formed, "T/a1": "<which>Fighting</which>",  # malformed, but it names a category
+             "T/a2": "<think>fists</think>",  # no <which>: reward 0, the release reads Abnormal
+             "T/a3": "<which>Normal</which>", "T/n0": "<which> Normal </which>"}  # n1 has no prediction
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in texts.items()))
+    kinds = scores.answer_kinds(path, truth)
+    assert kinds["abnormal videos"] == {"Normal": 1, "Abnormal, well-formed": 1, "Abnormal, malformed": 1,
+                                        "no <which>": 1}
+    assert kinds["normal videos"] == {"Normal": 1, "Abnormal, well-formed": 0, "Abnormal, malformed": 0,
+                                      "no <which>": 1}  # a missing prediction claims nothing

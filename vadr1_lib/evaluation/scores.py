@@ -325,6 +325,32 @@ def compare_files(before_file: Path, after_file: Path, truth: Sequence[dataset.S
                               score_videos(after.texts, truth, match_by=after.match_by, text_metrics=False), **kwargs)
 
 
+ANSWER_KINDS = ("Normal", "Abnormal, well-formed", "Abnormal, malformed", "no <which>")
+
+
+def answer_kinds(pred_file: Path, truth: Sequence[dataset.SFTRecord]) -> dict[str, dict[str, int]]:
+    """How many answers of each kind a model gave, per ground-truth label.
+
+    The kinds separate what training and evaluation treat differently: the accuracy reward
+    gives 0 to an answer without ``<which>`` (it claims nothing), while the release's
+    evaluation reads it as Abnormal; a malformed Abnormal answer earns accuracy but not the
+    format reward, a well-formed one both. A model that drifts toward Normal under RL shows
+    it here before it shows in accuracy.
+    """
+    predictions = load_prediction_texts(Path(pred_file))
+    counts = {label: dict.fromkeys(ANSWER_KINDS, 0) for label in ("abnormal videos", "normal videos")}
+    for record in truth:
+        parsed = parsing.parse_completion(predictions.texts.get(_prediction_key(record, predictions.match_by)) or "")
+        if parsed.is_normal:
+            kind = "Normal"
+        elif not parsed.which:
+            kind = "no <which>"
+        else:
+            kind = "Abnormal, well-formed" if parsed.format_valid else "Abnormal, malformed"
+        counts["abnormal videos" if record.is_abnormal else "normal videos"][kind] += 1
+    return counts
+
+
 TABLE_ROWS = (
     ("videos scored", "scored_videos"), ("format valid", "format.valid_rate"), ("accuracy", "detection.accuracy"),
     ("precision", "detection.precision"), ("recall", "detection.recall"), ("F1", "detection.f1"),
