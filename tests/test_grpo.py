@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -202,15 +203,27 @@ def test_the_profiles_sampling_and_clipping_reach_the_trainer(ci, tmp_path) -> N
     assert (args.top_k, args.max_grad_norm, args.top_p) == (50, 5.0, 0.9)
 
 
-def test_the_loss_computed_by_hand_is_the_loss_that_trained(ci, tmp_path) -> None:
+def test_the_loss_computed_by_hand_is_the_loss_that_trained(ci, tmp_path, monkeypatch) -> None:
     """Notebook 04 redoes GRPO's arithmetic on the first real batch: group advantages from the
     rewards, then the per-token loss from the policy's and the reference's log-probs. Both
     must equal what the trainer computed, or the notebook teaches a different loss."""
     profile, start, splits = ci
+
+    def varied_reward(completions: list, **kwargs: Any) -> list[float]:
+        # The tiny model's first rollouts often score alike: advantages of 0 would match in
+        # any order. Distinct rewards make the order of the rollouts matter (TRL shuffles them).
+        return [float(len(completion[0]["content"]) % 7) for completion in completions]
+
+    project_rewards = grpo.reward_functions
+    monkeypatch.setattr(grpo, "reward_functions", lambda *a, **k: [varied_reward, *project_rewards(*a, **k)[1:]])
+    # Two groups of four: TRL's shuffle of 8 rollouts is all but never the identity.
+    profile = load_profile(profile.name, [*profile.overrides, "grpo.per_device_train_batch_size=8",
+                                          "grpo.num_generations=4"])
     seen = grpo.inspect_first_batch(profile, start, splits.rl, tmp_path, use_ava=True, video_root=splits.video_root)
-    assert seen["reward_names"] == ["accuracy_reward", "format_reward", "length_reward", "ava_reward"]
+    assert seen["reward_names"] == ["varied_reward", "format_reward", "length_reward", "ava_reward"]
     total = (seen["rewards_per_func"] * seen["reward_weights"]).nansum(dim=1)
-    by_hand = grpo.group_advantages(total, seen["num_generations"])
+    by_hand = grpo.group_advantages(total, seen["num_generations"])[seen["positions"]]
+    assert seen["advantages"].abs().max() > 0.1
     assert torch.allclose(by_hand, seen["advantages"], atol=1e-6)
     loss = grpo.grpo_loss(seen["policy_logps"], seen["ref_logps"], seen["advantages"], seen["completion_mask"],
                           seen["beta"])

@@ -53,6 +53,9 @@ PATH_COLUMN = "video_path"  # Arrow column: where the clip comes from (AVA re-re
 VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
+INSPECT_POSITION = "inspect_position"  # a rollout's index in generation order (only while inspecting)
+
+
 class VideoGRPOTrainer(trl.GRPOTrainer):
     """``GRPOTrainer`` whose log-prob forwards see the video (module docstring)."""
 
@@ -72,6 +75,11 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         try:
             output = super()._generate_and_score_completions(inputs)
             output.update(self._batch_video)
+            if self.inspect_first_batch and "loss" not in self.inspected:
+                # TRL shuffles the scored batch before the loss; each rollout's position in
+                # generation order travels with it, so ``inspected`` can put the loss's
+                # numbers back beside the rewards they came from.
+                output[INSPECT_POSITION] = torch.arange(len(output["advantages"]))
         finally:
             self._batch_clips = self._batch_video = None
         return output
@@ -112,10 +120,15 @@ class VideoGRPOTrainer(trl.GRPOTrainer):
         finally:
             self._batch_video = None
         if self.inspect_first_batch and "loss" not in self.inspected:
+            # Back to generation order, as the rewards. With accumulation the first loss sees a
+            # slice of the generated batch: ``positions`` says which rollouts it holds.
+            order = torch.argsort(inputs[INSPECT_POSITION]).cpu()
             self.inspected.update(
-                advantages=inputs["advantages"].detach().cpu(), completion_mask=inputs["completion_mask"].detach().cpu(),
-                policy_logps=self._loss_logps.detach().cpu(),
-                ref_logps=None if self.beta == 0 else inputs["ref_per_token_logps"].detach().cpu(),
+                positions=inputs[INSPECT_POSITION].cpu()[order],
+                advantages=inputs["advantages"].detach().cpu()[order],
+                completion_mask=inputs["completion_mask"].detach().cpu()[order],
+                policy_logps=self._loss_logps.detach().cpu()[order],
+                ref_logps=None if self.beta == 0 else inputs["ref_per_token_logps"].detach().cpu()[order],
                 beta=self.beta, num_generations=self.num_generations,
                 loss=float(loss.detach()) * self.current_gradient_accumulation_steps)  # TRL divides by the accumulation
         return loss
