@@ -46,6 +46,7 @@ def trained(ci, tmp_path_factory):
     records = dataset.load_rl(splits.rl, video_root=splits.video_root)
     args = grpo.training_arguments(profile, tmp_path_factory.mktemp("grpo"), processor)
     args.save_strategy = "no"
+    args.reward_weights = None  # the profile weighs its four rewards; these two count 1 each
     trainer = grpo.VideoGRPOTrainer(model=model, reward_funcs=[alternating_reward, rewards.format_reward], args=args,
                                     train_dataset=grpo.rl_dataset(records, profile), processing_class=processor)
     calls: list[tuple[str, bool, dict]] = []
@@ -255,6 +256,6 @@ def test_reward_weights_name_every_reward_and_drop_avas_without_ava() -> None:
     profile = load_profile("ci", {"grpo.reward_weights": [2.0, 0.5, 0.5, 1.0]})
     assert grpo.reward_weights(profile, use_ava=True) == [2.0, 0.5, 0.5, 1.0]
     assert grpo.reward_weights(profile, use_ava=False) == [2.0, 0.5, 0.5]
-    assert grpo.reward_weights(load_profile("ci"), use_ava=True) is None  # 1 each, as the release
+    assert grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": None}), use_ava=True) is None  # 1 each
     with pytest.raises(ValueError, match="one weight per reward"):
         grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": [1.0, 1.0]}), use_ava=True)
