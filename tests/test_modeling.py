@@ -115,3 +115,14 @@ def test_four_bit_layers_compute_in_the_profiles_dtype(profile_name, dtype):
     quantization = modeling.quantization_config(config.load_profile(profile_name))
     assert quantization.bnb_4bit_compute_dtype == dtype  # a T4 has no bf16: fp16, not fp32, is its fast path
     assert quantization.llm_int8_skip_modules == ["model.visual", "lm_head"]
+
+
+def test_a_missing_local_model_folder_is_named_not_sent_to_the_hub(tmp_path, ci_profile, monkeypatch):
+    (tmp_path / "runs" / "cpu" / "sft").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for typo in ("runs/cpu/sfft", "runs/sfft", str(tmp_path / "sfft"), "./sfft"):
+        with pytest.raises(FileNotFoundError, match="model not found"):
+            modeling.load_processor(typo, ci_profile)
+    with pytest.raises(FileNotFoundError, match="folders in runs/cpu: sft"):
+        modeling.load_processor("runs/cpu/sfft", ci_profile)
+    modeling.check_model_source("Qwen/Qwen2.5-VL-7B-Instruct")  # a Hub id: left to transformers

@@ -200,8 +200,28 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def check_model_source(name_or_path: str | Path) -> None:
+    """Fail plainly when a local checkpoint folder is missing.
+
+    transformers reads any string that is not an existing folder as a Hub id, so a mistyped
+    ``runs/cpu/sfft`` would end in a traceback about repository names. A Hub id is
+    ``owner/name`` (or a bare name): a name with more parts, an absolute, ``./`` or ``~``
+    path, or one whose first folder exists here is meant as a local folder.
+    """
+    path, text = Path(name_or_path), str(name_or_path)
+    if path.exists():
+        return
+    meant_local = (path.is_absolute() or text.startswith((".", "~")) or len(path.parts) > 2
+                   or (len(path.parts) == 2 and Path(path.parts[0]).is_dir()))
+    if meant_local:
+        beside = sorted(p.name for p in path.parent.iterdir() if p.is_dir()) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"model not found: no folder {text}"
+                                + (f" (folders in {path.parent}: {', '.join(beside[:12])})" if beside else ""))
+
+
 def load_processor(name_or_path: str | Path, profile: Profile) -> Qwen2_5_VLProcessor:
     """The checkpoint's processor with frame sizes from the profile."""
+    check_model_source(name_or_path)
     processor = AutoProcessor.from_pretrained(str(name_or_path))
     size = {"shortest_edge": profile.video.min_pixels, "longest_edge": profile.video.max_pixels}
     processor.video_processor.size = size
