@@ -73,28 +73,18 @@ def _failing_cell(output: Path) -> str:
 
 
 @contextlib.contextmanager
-def _environment_without(name: str) -> Iterator[None]:
-    """The kernel inherits this process's environment, where ``VADR1_PROFILE`` (set for nbmake)
-    would override the profile passed as a parameter; hide it for the run, then restore it."""
+def _environment(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, with None, remove) an environment variable for the kernels of one run, then
+    restore it. The kernel inherits this process's environment: ``VADR1_PROFILE`` (set for
+    nbmake) would override the profile passed as a parameter, so it is removed."""
     saved = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
+        os.environ.pop(name, None)
         if saved is not None:
-            os.environ[name] = saved
-
-
-@contextlib.contextmanager
-def _environment_with(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable for the kernels of one run, then restore it."""
-    saved = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(name, None)
-        else:
             os.environ[name] = saved
 
 
@@ -113,7 +103,7 @@ def run_notebooks(profile_name: str, *, only: list[str] | None = None, overrides
         log(f"--> {notebook.name} (profile {profile.name})")
         start = time.perf_counter()
         try:
-            with _environment_without(config.PROFILE_ENV_VAR), _environment_with(notebook_module.UNATTENDED_ENV, "1"):
+            with _environment(config.PROFILE_ENV_VAR, None), _environment(notebook_module.UNATTENDED_ENV, "1"):
                 papermill.execute_notebook(str(notebook), str(output), parameters=parameters,
                                            cwd=str(paths.NOTEBOOKS_DIR), kernel_name="python3", progress_bar=False)
         except Exception as exc:  # papermill wraps the kernel's error; name the cell

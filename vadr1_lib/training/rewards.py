@@ -231,19 +231,18 @@ class AnomalyVerificationReward:
         unique_answers = self._generate(clips)
         if len(unique_answers) != len(clips):
             raise RuntimeError(f"generate_fn returned {len(unique_answers)} answers for {len(clips)} clips")
-        flips = bonus = penalty = 0
+        bonus = penalty = 0
         checks = []  # one per re-query: which branch, was the rollout right, did the verifier's answer flip
         for (i, original, right, view_index) in queries:
             answer = unique_answers[view_index]
             reparsed = parsing.parse_completion(completion_text(answer))
             now = reparsed.predicted_label if reparsed.which else None
-            flipped = now is not None and now != original
-            flips += flipped
-            checks.append({"branch": branches[i], "right": right, "flipped": flipped})
+            checks.append({"branch": branches[i], "right": right, "flipped": now is not None and now != original})
             if branches[i] == "abnormal" and now == NORMAL_LABEL:
                 rewards[i], bonus = self.cfg.ava_abnormal_bonus, bonus + 1
             elif branches[i] == "normal" and now == ABNORMAL_LABEL:
                 rewards[i], penalty = self.cfg.ava_normal_penalty, penalty + 1
+        flips = sum(check["flipped"] for check in checks)
         record = {
             "rollouts": len(completions), "queries": len(queries), "generations": len(clips), "flips": flips,
             "flip_rate": flips / len(queries) if queries else None, "bonus": bonus, "penalty": penalty,
