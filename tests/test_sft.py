@@ -318,3 +318,34 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ci, monkeypatch):
     assert marker["global_step"] == 3
     assert stages.ensure_sft(profile) == out  # finished: reused, not retrained
     assert StageMarker(out).read()["train_seconds"] == marker["train_seconds"]
+
+
+def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkeypatch, tmp_path):
+    """Fingerprints name what a model is, not where it lies: a run folder copied elsewhere
+    is recognised (nothing retrains), and a variant never replaces the profile's own result."""
+    import shutil
+
+    from vadr1_lib import notebook, paths
+
+    profile = config.load_profile("ci", {"sft.max_steps": 1})
+    out = stages.ensure_sft(profile)
+    trained = StageMarker(out).read()
+    copy = tmp_path / "copied-runs"
+    shutil.copytree(paths.runs_dir() / "ci", copy / "ci")
+    monkeypatch.setenv("VADR1_RUNS", str(copy))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a copied, finished stage was trained again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sft, "train", no_training)
+        moved = stages.ensure_sft(profile)
+    assert moved == copy / "ci" / "sft" and StageMarker(moved).read() == trained
+
+    other = notebook.variant(profile, "lr-test", {"sft.learning_rate": 1e-4})
+    assert other.run_dir == copy / "ci" / "variants" / "lr-test"
+    assert dict(o.split("=", 1) for o in other.overrides) == {"sft.max_steps": "1", "sft.learning_rate": "0.0001"}
+    assert stages.ensure_sft(other) == other.run_dir / "sft"
+    assert StageMarker(moved).read() == trained  # the profile's own result is untouched
+    with pytest.raises(config.ProfileError, match="variant"):
+        config.load_profile("ci", variant="../escape")

@@ -18,10 +18,12 @@ def _add_profile_args(parser: argparse.ArgumentParser, default: str = "cpu") -> 
     parser.add_argument("--profile", default=default, help=f"profile name (default: {default}); see `doctor`")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile field, e.g. --set sft.max_steps=3 (repeatable)")
+    parser.add_argument("--variant", default="", metavar="NAME",
+                        help="keep this run's stages under runs/<profile>/variants/NAME (an exercise, an ablation)")
 
 
 def _profile(args: argparse.Namespace) -> config.Profile:
-    profile = config.load_profile(args.profile, args.overrides)
+    profile = config.load_profile(args.profile, args.overrides, args.variant)
     from vadr1_lib.cluster import launch
     from vadr1_lib.model import modeling
 

@@ -229,14 +229,20 @@ class Profile:
     # The ``--set`` overrides this profile was loaded with (filled by load_profile, not by
     # YAML), so that a stage relaunched under ``accelerate launch`` gets the same profile.
     overrides: tuple[str, ...] = ()
+    # A named variant (an exercise, an ablation) keeps its stages under
+    # ``runs/<profile>/variants/<variant>/`` so that trying a setting never replaces the
+    # profile's own checkpoints (filled by load_profile, like ``overrides``).
+    variant: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def run_dir(self) -> Path:
-        """``runs/<profile>/``: checkpoints, predictions, metrics and executed notebooks."""
-        return paths.runs_dir() / self.name
+        """``runs/<profile>/`` (a variant: ``runs/<profile>/variants/<variant>/``): checkpoints,
+        predictions, metrics and executed notebooks."""
+        root = paths.runs_dir() / self.name
+        return root / "variants" / self.variant if self.variant else root
 
     @property
     def metrics_dir(self) -> Path:
@@ -261,19 +267,26 @@ def resolve_profile_name(name: str) -> str:
     return os.environ.get(PROFILE_ENV_VAR) or name
 
 
-def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None) -> Profile:
+RESERVED_FIELDS = ("name", "overrides", "variant")  # set by load_profile, never by YAML or --set
+VARIANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None, variant: str = "") -> Profile:
     """Load ``configs/profiles/<name>.yaml`` and apply overrides.
 
     ``overrides`` is either ``{"sft.max_steps": 3}`` or ``["sft.max_steps=3"]`` (the CLI's
-    ``--set`` form, values parsed as YAML scalars).
+    ``--set`` form, values parsed as YAML scalars). A ``variant`` name gives the result its
+    own run folder (see :attr:`Profile.run_dir`).
     """
+    if variant and not VARIANT_PATTERN.fullmatch(variant):
+        raise ProfileError(f"variant {variant!r}: use letters, digits, '_', '-' or '.' (it names a folder)")
     path = profiles_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(available_profiles())}")
     raw = _load_yaml(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping at the top level")
-    for reserved in ("name", "overrides"):
+    for reserved in RESERVED_FIELDS:
         if reserved in raw:
             raise ProfileError(f"{path}: {reserved!r} is set by load_profile, not in the YAML file")
     profile = _build(Profile, {"name": name, **raw}, where=f"profile {name!r}")
@@ -281,6 +294,7 @@ def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None)
     for key, value in parsed.items():
         set_field(profile, key, value)
     profile.overrides = tuple(f"{key}={json.dumps(value)}" for key, value in parsed.items())
+    profile.variant = variant
     return profile
 
 
@@ -304,9 +318,9 @@ def set_field(profile: Profile, dotted_key: str, value: Any) -> None:
     target: Any = profile
     for depth, part in enumerate(parts):
         valid = {f.name: f for f in dataclasses.fields(target)}
-        if part not in valid or part in ("name", "overrides"):
+        if part not in valid or part in RESERVED_FIELDS:
             prefix = ".".join(parts[:depth])
-            names = sorted(n for n in valid if n not in ("name", "overrides"))
+            names = sorted(n for n in valid if n not in RESERVED_FIELDS)
             shown = [f"{prefix}.{n}" if prefix else n for n in names]
             raise ProfileError(f"unknown key {dotted_key!r}; valid keys here: {', '.join(shown)}")
         if depth == len(parts) - 1:

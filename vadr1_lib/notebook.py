@@ -107,3 +107,14 @@ def save_metrics(profile: config.Profile, notebook_name: str, metrics: dict[str,
 def load_metrics(profile: config.Profile, notebook_name: str) -> dict[str, Any] | None:
     path = profile.metrics_dir / f"{notebook_name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def variant(profile: config.Profile, name: str, overrides: dict[str, Any] | list[str] | None = None) -> config.Profile:
+    """``profile`` with ``overrides`` on top of its own, as the variant ``name``: its stages
+    train into ``runs/<profile>/variants/<name>/`` and leave the chapter's checkpoints alone
+    (an exercise that retrained ``runs/cpu/sft`` would make the next chapter retrain it back)."""
+    merged = {**config.parse_overrides(list(profile.overrides)), **config.parse_overrides(overrides)}
+    result = config.load_profile(profile.name, merged, variant=name)
+    print(f"variant {name!r} of {profile.name!r} ({', '.join(f'{k}={v!r}' for k, v in merged.items()) or 'no overrides'}): "
+          f"outputs under {result.run_dir}")
+    return result

@@ -19,7 +19,7 @@ from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset
 from vadr1_lib.model import modeling
-from vadr1_lib.training.common import StageMarker
+from vadr1_lib.training.common import StageMarker, model_identity
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = No
     ``accelerate launch``. None when the profile trains in this process."""
     if not launch.needs_launcher(profile):
         return None
-    return launch.accelerate_command(profile, stage, ["--profile", profile.name, *(cli_args or []),
+    variant = [f"--variant={profile.variant}"] if profile.variant else []
+    return launch.accelerate_command(profile, stage, ["--profile", profile.name, *variant, *(cli_args or []),
                                                       *[f"--set={o}" for o in profile.overrides]])
 
 
@@ -126,15 +127,6 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
     return _ensure_stage(profile, "sft", "SFT", out, fingerprint, [], train, dry_run)
 
 
-def _model_identity(model_path: str) -> str:
-    """What makes a model's predictions reusable: its stage fingerprint or tiny-model identity, else its path."""
-    marker = StageMarker(Path(model_path)).read() if Path(model_path).is_dir() else None
-    if marker is not None:
-        return f"{marker['stage']}:{marker['fingerprint']}"
-    info = modeling.tiny_model_info(Path(model_path)) if Path(model_path).is_dir() else None
-    return f"tiny:{info.get('identity')}" if info else str(model_path)
-
-
 def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_kind: str = "p2c",
                        loaded: tuple | None = None) -> Path:
     """Predictions of one model on the profile's test split, ``runs/<profile>/predictions/<label>-<kind>.jsonl``.
@@ -148,7 +140,7 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     splits = data_splits(profile)
     out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}.jsonl"
     meta = out.with_suffix(".meta.json")
-    identity = {"model": _model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
+    identity = {"model": model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
                 "video": asdict(profile.video)}
     if meta.is_file() and json.loads(meta.read_text()) != json.loads(json.dumps(identity)):
         out.unlink(missing_ok=True)

@@ -130,6 +130,19 @@ def log_beside_checkpoints(trainer: Any, logs: Path) -> None:
         os.environ.setdefault("WANDB_DIR", str(logs))
 
 
+def model_identity(model_path: str | Path) -> str:
+    """What a model *is*, independent of where it lies: a trained stage's fingerprint, the
+    tiny model's identity, else the name (a Hub id). Fingerprints and prediction caches use
+    this instead of the path, so a run folder copied or moved elsewhere is still recognised
+    and nothing retrains."""
+    folder = Path(model_path)
+    marker = StageMarker(folder).read() if folder.is_dir() else None
+    if marker is not None:
+        return f"{marker['stage']}:{marker['fingerprint']}"
+    info = modeling.tiny_model_info(folder) if folder.is_dir() else None
+    return f"tiny:{info.get('identity')}" if info else str(model_path)
+
+
 @dataclass(frozen=True)
 class StageMarker:
     """Whether a training stage's folder holds a finished result, and made with which settings.

@@ -242,8 +242,7 @@ def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
 
 def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool) -> str:
     """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint)."""
-    start_marker = common.StageMarker(Path(start_model)).read() if Path(start_model).is_dir() else None
-    blob = json.dumps({"start": str(start_model), "start_fingerprint": (start_marker or {}).get("fingerprint"),
+    blob = json.dumps({"start": common.model_identity(start_model),
                        "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
                        "model": asdict(profile.model), "video": asdict(profile.video), "grpo": asdict(profile.grpo),
                        "train_settings": asdict(profile.train)}, sort_keys=True)
