@@ -9,7 +9,7 @@ def test_every_profile_loads_with_all_sections():
     for name in names:
         profile = config.load_profile(name)
         assert profile.name == name
-        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "train", "sft", "grpo", "eval", "launch", "overrides"}
+        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "train", "sft", "grpo", "eval", "launch", "overrides", "variant"}
 
 
 def test_paper_profile_carries_the_paper_recipe():
