@@ -43,3 +43,24 @@ def test_kaggle_uses_its_working_folder_and_elsewhere_nothing_changes(monkeypatc
         monkeypatch.delenv(variable, raising=False)
     assert str(notebook.use_hosted_storage()) == "/kaggle/working/vadr1"
     assert os.environ["VADR1_RUNS"] == "/kaggle/working/vadr1/runs"
+
+
+def test_figures_follow_the_run_folder_unless_vadr1_figures_says_otherwise(monkeypatch, tmp_path):
+    """A second run (another VADR1_RUNS, another profile) never overwrites the first's figures."""
+    import numpy as np
+
+    from vadr1_lib import plots
+
+    monkeypatch.setattr(plots, "_figures_folder", None)
+    monkeypatch.delenv("VADR1_FIGURES", raising=False)
+    frames = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    for runs in ("first", "second"):
+        monkeypatch.setenv("VADR1_RUNS", str(tmp_path / runs))
+        profile = notebook.setup("ci")
+        plots.frame_grid(frames, save_to="grid.png")
+        assert (tmp_path / runs / "ci" / "figures" / "grid.png").is_file()
+    monkeypatch.setenv("VADR1_FIGURES", str(tmp_path / "chosen"))
+    notebook.setup("ci")
+    plots.frame_grid(frames, save_to="grid.png")
+    assert (tmp_path / "chosen" / "grid.png").is_file()
+    assert profile.run_dir == tmp_path / "second" / "ci"

@@ -36,7 +36,7 @@ def test_preflight_runs_every_stage_in_minutes_and_writes_only_its_scratch_folde
                                                                                  tmp_path):
     scratch = tmp_path / "scratch"
     skip = [paths.PROJECT_ROOT / cache for cache in SHARED_CACHES]
-    outputs = [paths.runs_dir(), paths.data_dir(), paths.FIGURES_DIR]  # where a stage's files would land
+    outputs = [paths.runs_dir(), paths.data_dir(), paths.figures_dir()]  # where a stage's files would land
 
     def written() -> tuple[set[str], dict[str, tuple[int, int]]]:
         """Every file of the project (names), and the output folders' files (with time and size)."""

@@ -320,7 +320,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(ci, monkeypatch):
     assert StageMarker(out).read()["train_seconds"] == marker["train_seconds"]
 
 
-def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkeypatch, tmp_path):
+def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkeypatch, tmp_path, capfd):
     """Fingerprints name what a model is, not where it lies: a run folder copied elsewhere
     is recognised (nothing retrains), and a variant never replaces the profile's own result."""
     import shutil
@@ -330,6 +330,9 @@ def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkey
     profile = config.load_profile("ci", {"sft.max_steps": 1})
     out = stages.ensure_sft(profile)
     trained = StageMarker(out).read()
+    printed = capfd.readouterr()
+    assert "sft: 1/1 steps in" in printed.out  # progress as a line of text: no tqdm bar to save as "0%"
+    assert "%|" not in printed.out + printed.err
     copy = tmp_path / "copied-runs"
     shutil.copytree(paths.runs_dir() / "ci", copy / "ci")
     monkeypatch.setenv("VADR1_RUNS", str(copy))

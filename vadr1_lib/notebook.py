@@ -70,6 +70,9 @@ def setup(profile_name: str, overrides: dict[str, Any] | list[str] | None = None
     from vadr1_lib.model import modeling  # here: reading metrics needs no torch
 
     modeling.configure_threads(profile)
+    from vadr1_lib import paths, plots  # here: metrics-only callers need no matplotlib
+
+    plots.save_figures_to(paths.figures_dir(profile.run_dir))
     print(f"profile {profile.name!r}: {profile.description.strip()}")
     print(f"outputs under {profile.run_dir}")
     return profile

@@ -5,6 +5,8 @@ and runs elsewhere with two environment variables instead of editing code:
 
 - ``VADR1_DATA``: downloaded and generated data (default: ``<project>/data``).
 - ``VADR1_RUNS``: checkpoints, logs, metrics and executed notebooks (default: ``<project>/runs``).
+- ``VADR1_FIGURES``: the notebooks' figures (default: ``figures/`` inside the profile's run
+  folder, so another run folder or profile never overwrites them).
 - ``VADR1_RELEASE_DIR``: the real Vad-Reasoning annotation files (default:
   ``<project>/../shared/vad-reasoning``, where CI and the developers have them).
 """
@@ -17,7 +19,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = PROJECT_ROOT / "configs"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-FIGURES_DIR = PROJECT_ROOT / "figures"
 
 RELEASE_SFT_FILE = "Vad-Reasoning-SFT-train.jsonl"
 RELEASE_RL_FILE = "Vad-Reasoning-RL.jsonl"
@@ -30,6 +31,13 @@ def data_dir() -> Path:
 
 def runs_dir() -> Path:
     return Path(os.environ.get("VADR1_RUNS", PROJECT_ROOT / "runs"))
+
+
+def figures_dir(run_dir: Path | None = None) -> Path:
+    """``VADR1_FIGURES`` if set, else ``<run_dir>/figures`` (``<runs>/figures`` without a run folder)."""
+    if os.environ.get("VADR1_FIGURES"):
+        return Path(os.environ["VADR1_FIGURES"])
+    return (run_dir if run_dir is not None else runs_dir()) / "figures"
 
 
 def release_dir() -> Path:

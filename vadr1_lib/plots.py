@@ -1,7 +1,9 @@
 """Figures for the notebooks and the README, defined once.
 
 Every function returns a matplotlib ``Figure`` and, given ``save_to``, also writes it as a
-PNG (``figures/`` by default) so papermill runs leave the figures behind for reports.
+PNG so papermill runs leave the figures behind for reports: a bare file name lands in the
+profile's ``runs/<profile>/figures/`` (``notebook.setup`` points there; ``VADR1_FIGURES``
+moves it).
 Matplotlib uses the non-interactive Agg backend unless a notebook already chose one.
 """
 
@@ -22,12 +24,20 @@ from vadr1_lib import paths  # noqa: E402
 
 Box = tuple[int, int, int, int]
 
+_figures_folder: Path | None = None  # set by save_figures_to (notebook.setup); else paths.figures_dir()
+
+
+def save_figures_to(folder: Path) -> None:
+    """Where figures saved by bare file name go from now on."""
+    global _figures_folder
+    _figures_folder = Path(folder)
+
 
 def _save(fig: Figure, save_to: str | Path | None) -> Figure:
     if save_to is not None:
         path = Path(save_to)
         if not path.is_absolute() and path.parent == Path("."):
-            path = paths.FIGURES_DIR / path
+            path = (_figures_folder or paths.figures_dir()) / path
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
@@ -147,14 +157,15 @@ def token_roles(roles: Sequence[str], *, title: str = "", save_to: str | Path | 
                "padding": (1.0, 1.0, 1.0)}
     present = [name for name in palette if name in set(roles)]
     strip = np.array([[palette[r] for r in roles]])
-    fig, ax = plt.subplots(figsize=(10, 1.3))
+    # Constrained layout makes room for the legend beside the strip (tight_layout could not,
+    # and warned).
+    fig, ax = plt.subplots(figsize=(10, 1.5), layout="constrained")
     ax.imshow(strip, aspect="auto", interpolation="nearest")
     ax.set_yticks([])
     ax.set_xlabel("token position")
     ax.set_title(title)
     handles = [plt.Rectangle((0, 0), 1, 1, color=palette[name]) for name in present]
-    ax.legend(handles, present, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=len(present), fontsize=8)
-    fig.tight_layout()
+    ax.legend(handles, present, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     return _save(fig, save_to)
 
 

@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from vadr1_lib.data import dataset, taxonomy, video
+from vadr1_lib.progress import track
 from vadr1_lib.data.phrases import (
     ABNORMAL_STEP_TEMPLATES,
     NORMAL_STEP_TEMPLATES,
@@ -402,7 +402,7 @@ def annotate_file(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with out_file.open("a", encoding="utf-8") as out:
-        for row in tqdm(todo, disable=not progress, desc=f"annotate {rows_file.name}", unit="clip"):
+        for row in track(todo, f"annotate {rows_file.name}", "clip", enabled=progress):
             path = dataset.remap_video_path(row["path"], root)
             info = video.read_video_info(path)
             indices = video.uniform_frame_indices(row.get("total_frames", info.num_frames), frames)

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 import vadr1_lib
 from vadr1_lib import paths
@@ -68,6 +67,7 @@ from vadr1_lib.data.dataset import write_jsonl
 from vadr1_lib.data.drawing import DRAWN_CATEGORIES
 from vadr1_lib.data.footage import md5
 from vadr1_lib.data.video import write_video
+from vadr1_lib.progress import TextProgress
 
 # Bump when drawing, sampling or annotation changes what a build produces: it is part of
 # the cache key, so datasets built by older code are rebuilt instead of silently reused.
@@ -287,7 +287,7 @@ def _build(
         annotator = OfflineAnnotator(data.seed)
         rows: dict[tuple[str, int], dict[str, Any]] = {}
         boxes: dict[str, dict[str, Any]] = {}
-        with tqdm(total=len(plans), disable=not progress, desc="Vad-Reasoning-Mini", unit="clip") as bar:
+        with TextProgress(len(plans), "Vad-Reasoning-Mini", "clip", enabled=progress) as bar:
             for plan, window in _windows_in_decoding_order(plans, footage, data.frame_width, data.frame_height):
                 clip = render_clip(window, plan.category, rngs[plan.split, plan.index],
                                    width=data.frame_width, height=data.frame_height)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from vadr1_lib import parsing, prompts
+from vadr1_lib.progress import TextProgress
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
@@ -148,7 +148,7 @@ def predict_split(model_dir: str | Path, data_file: Path, out_file: Path, profil
     kwargs = modeling.generation_kwargs(processor, ev.max_new_tokens, do_sample=ev.do_sample, temperature=ev.temperature,
                                         top_p=ev.top_p)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(todo), desc=f"infer {Path(data_file).name}", disable=not progress, unit="video")
+    bar = TextProgress(len(todo), f"infer {Path(data_file).name}", "video", enabled=progress)
     for first in range(0, len(todo), ev.batch_size):
         batch, clips = [], []
         for record in todo[first:first + ev.batch_size]:

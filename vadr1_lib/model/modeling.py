@@ -39,11 +39,16 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
+from transformers.utils import logging as transformers_logging
 from transformers.video_utils import VideoMetadata
 
 from vadr1_lib.config import ModelConfig, Profile, VideoConfig
 from vadr1_lib.data.video import VideoClip
 from vadr1_lib.model import tokenizer as qwen_tok
+
+# transformers draws tqdm bars while it loads and writes weights; a saved notebook keeps
+# them as "0%" lines. Stages print their own progress as text (vadr1_lib.progress).
+transformers_logging.disable_progress_bar()
 
 TINY_MARKER_FILE = "vadr1_tiny.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from transformers import TrainerCallback
+
 from vadr1_lib.config import Profile
 from vadr1_lib.model import modeling
+from vadr1_lib.progress import TextProgress
 
 CACHE_BYTES = 1 << 30  # decoded clips / processed examples kept in memory across epochs
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
@@ -85,8 +88,8 @@ def trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[
         lr_scheduler_type=section.lr_scheduler_type,
         weight_decay=section.weight_decay,
         max_grad_norm=section.max_grad_norm,
-        gradient_checkpointing=profile.train.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=profile.train.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         **mixed_precision_flags(profile),
         logging_steps=section.logging_steps,
         save_steps=section.save_steps,
@@ -98,6 +101,9 @@ def trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[
         remove_unused_columns=False,  # the video path column must reach the collator / rewards
         use_cpu=modeling.pick_device(profile).type == "cpu",
         dataloader_num_workers=0,
+        # The saved notebook keeps a tqdm widget's first state ("0%"); TrainerProgress
+        # prints text lines instead (see vadr1_lib.progress).
+        disable_tqdm=True,
     )
 
 
@@ -106,8 +112,14 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     adapter and the processor; returns the training seconds and the checkpoint resumed from."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    from transformers import PrinterCallback
+
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     log_beside_checkpoints(trainer, output_dir / "logs")
+    # With tqdm off, transformers prints every log dict (each step here); one line every
+    # few seconds says as much.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainerProgress(Path(output_dir).name))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
@@ -115,6 +127,34 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
     return seconds, resume
+
+
+class TrainerProgress(TrainerCallback):
+    """The training loop's progress as text lines (:class:`vadr1_lib.progress.TextProgress`),
+    with the newest logged loss or reward, printed by the main process only."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.progress: TextProgress | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            self.progress = TextProgress(state.max_steps, self.label, "step", start_at=state.global_step)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(state.global_step - self.progress.done, note=self._latest(state))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.progress is not None:
+            self.progress.close(note=self._latest(state))
+
+    @staticmethod
+    def _latest(state: Any) -> str:
+        logged = next((h for h in reversed(state.log_history) if "loss" in h or "reward" in h), None)
+        if logged is None:
+            return ""
+        return ", ".join(f"{key} {logged[key]:.4g}" for key in ("loss", "reward") if key in logged)
 
 
 def log_beside_checkpoints(trainer: Any, logs: Path) -> None:

@@ -43,7 +43,7 @@ import trl
 from trl.kernels.chunked_logprob import _use_triton
 
 from vadr1_lib import prompts
-from vadr1_lib.config import Profile
+from vadr1_lib.config import Profile, VideoConfig
 from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import common, rewards
@@ -208,14 +208,26 @@ def rl_dataset(records: list[dataset.RLRecord], profile: Profile) -> datasets.Da
     rows = datasets.Dataset.from_list([
         {"id": r.id, PATH_COLUMN: str(r.path), "solution": r.solution} for r in records
     ])
-    clips = common.BoundedCache(lambda path: video.training_clip(path, profile.video), lambda clip: clip.frames.nbytes)
+    return rows.with_transform(ClipAttacher(profile.video))
 
-    def attach_clips(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        decoded = [clips(path) for path in batch[PATH_COLUMN]]
+
+class ClipAttacher:
+    """The dataset's on-access transform: decode each row's clip (cached) and build its prompt.
+
+    A module-level class rather than a closure: ``datasets`` fingerprints a transform by
+    pickling it, and a closure over the cache could not be hashed (it warned on every run)."""
+
+    def __init__(self, video_config: VideoConfig) -> None:
+        self.video_config = video_config
+        self.clips = common.BoundedCache(self.decode, lambda clip: clip.frames.nbytes)
+
+    def decode(self, path: str) -> video.VideoClip:
+        return video.training_clip(path, self.video_config)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        decoded = [self.clips(path) for path in batch[PATH_COLUMN]]
         return {**batch, CLIP_COLUMN: decoded,
                 "prompt": [prompts.build_messages("p2c", video=clip.frames) for clip in decoded]}
-
-    return rows.with_transform(attach_clips)
 
 
 def alternate_verdicts(records: list[dataset.RLRecord], seed: int) -> list[dataset.RLRecord]:

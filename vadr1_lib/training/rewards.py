@@ -303,7 +303,7 @@ class AnomalyVerificationReward:
 
             context = unwrap_model_for_generation(source.model_wrapped, source.accelerator,
                                                   gather_deepspeed3_params=source.args.ds3_gather_for_generation,
-                                                  gradient_checkpointing_kwargs=source.args.gradient_checkpointing_kwargs)
+                                                  gradient_checkpointing_kwargs=source.args.activation_checkpointing_kwargs)
         else:
             context = contextlib.nullcontext(source)
         with context as model, torch.no_grad():
