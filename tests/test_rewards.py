@@ -217,6 +217,10 @@ def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos, ci_profile) -> No
         (7, 3, 1, 3, 1)
     assert ava.flip_rate == pytest.approx(3 / 7)
     assert logged == {"ava/queries": 7.0, "ava/flip_rate": pytest.approx(3 / 7)}
+    first = record["checks"][0]  # what a notebook draws: the frames the verifier saw and its answer
+    assert (first["rollout"], first["answer"], first["flipped"]) == (0, NORMAL_OK, True)
+    assert first["kept_frames"] == [int(i) for i in model.calls[0][0].indices]
+    assert [check["rollout"] for check in record["checks"]] == [0, 1, 2, 3, 4, 6, 7]
 
 
 def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos, ci_profile) -> None:

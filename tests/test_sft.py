@@ -352,3 +352,22 @@ def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkey
     assert StageMarker(moved).read() == trained  # the profile's own result is untouched
     with pytest.raises(config.ProfileError, match="variant"):
         config.load_profile("ci", variant="../escape")
+
+
+def test_verdict_branches_name_the_deciding_token_and_what_continues_each_verdict():
+    normal_a, normal_b = [1, 2, 3, 9], [1, 2, 4, 9]  # "the scene ... nothing happens" in two wordings
+    abnormal_a, abnormal_b = [1, 2, 5, 7], [1, 6, 8]
+    branches = sft.verdict_branches([normal_a, abnormal_a, normal_b, abnormal_b], [True, False, True, False])
+    assert branches[0] == (2, {3, 4}, {5})  # after [1, 2]: 3 or 4 continue a normal target, 5 an abnormal one
+    assert branches[1] == (2, {3, 4}, {5})
+    assert branches[3] == (1, {2} - {2}, {6})  # 2 continues both verdicts: it decides nothing
+    assert sft.decision_token_indices([[1, 2], [1, 2, 3]], [True, False]) == [-1, 2]
+
+
+def test_verdict_probabilities_are_read_at_the_deciding_token_for_every_test_clip(ci):
+    from vadr1_lib.evaluation import verdicts
+
+    profile, base, train, _ = ci
+    test = stages.test_records(profile)
+    probabilities = verdicts.abnormal_probabilities(base, test, profile, reference=train)
+    assert len(probabilities) == len(test) and all(0 < p < 1 for p in probabilities)

@@ -9,8 +9,10 @@ Matplotlib uses the non-interactive Agg backend unless a notebook already chose 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -23,6 +25,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from vadr1_lib import paths  # noqa: E402
 
 Box = tuple[int, int, int, int]
+Span = tuple[float, float]
+NOTEBOOK_WIDTH = 11.0  # inches: about what a notebook shows at 100 % without shrinking
 
 _figures_folder: Path | None = None  # set by save_figures_to (notebook.setup); else paths.figures_dir()
 
@@ -49,7 +53,10 @@ def frame_grid(frames: np.ndarray, titles: Sequence[str] | None = None, *, boxes
     count = len(frames)
     columns = min(columns, count)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 1.9 * rows * frames.shape[1] / frames.shape[2] + 0.4),
+    # At most NOTEBOOK_WIDTH inches wide: wider figures are shrunk to the notebook's width
+    # and their thumbnails become unreadable, so more frames make more rows instead.
+    cell = min(1.9, NOTEBOOK_WIDTH / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell * columns, cell * rows * frames.shape[1] / frames.shape[2] + 0.4),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -169,25 +176,39 @@ def token_roles(roles: Sequence[str], *, title: str = "", save_to: str | Path | 
     return _save(fig, save_to)
 
 
-def span_timelines(items: Sequence[tuple[str, tuple[float, float] | None, tuple[float, float] | None]], *,
-                   title: str = "", save_to: str | Path | None = None) -> Figure:
+def span_timelines(items: Sequence[tuple[str, Span | None, Span | None]], *, title: str = "",
+                   save_to: str | Path | None = None) -> Figure:
     """One row per video on a 0-1 time axis: the true anomaly span above, a predicted one below."""
-    fig, ax = plt.subplots(figsize=(7, 0.42 * len(items) + 1.0))
-    for row, (label, truth, pred) in enumerate(items):
+    return spans_by_model([(label, truth, {"predicted": pred}) for label, truth, pred in items], title=title,
+                          save_to=save_to)
+
+
+def spans_by_model(items: Sequence[tuple[str, Span | None, Mapping[str, Span | None]]], *, title: str = "",
+                   save_to: str | Path | None = None) -> Figure:
+    """One row per video on a 0-1 time axis: the true anomaly span on top, then each model's
+    predicted span (None: that model said Normal or wrote no valid span)."""
+    models = list(dict.fromkeys(name for _, _, spans in items for name in spans))
+    bars = 1 + len(models)
+    height = 0.8 / bars
+    colours = dict(zip(models, ["tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:gray"]))
+    fig, ax = plt.subplots(figsize=(7.5, (0.22 * bars + 0.15) * len(items) + 1.0))
+    labelled: set[str] = set()
+    for row, (label, truth, spans) in enumerate(items):
         y = len(items) - 1 - row
-        ax.plot([0, 1], [y, y], color="lightgray", linewidth=1)
-        if truth:
-            ax.barh(y + 0.14, truth[1] - truth[0], left=truth[0], height=0.25, color="tab:red", label="true" if row == 0 else None)
-        if pred:
-            ax.barh(y - 0.14, pred[1] - pred[0], left=pred[0], height=0.25, color="tab:blue",
-                    label="predicted" if not any(p for _, _, p in items[:row]) else None)
+        ax.plot([0, 1], [y - 0.45, y - 0.45], color="lightgray", linewidth=0.8)
+        for k, (name, span) in enumerate([("true", truth), *[(m, spans.get(m)) for m in models]]):
+            if span:
+                ax.barh(y + 0.4 - (k + 0.5) * height, span[1] - span[0], left=span[0], height=height * 0.9,
+                        color="tab:red" if name == "true" else colours[name], label=None if name in labelled else name)
+                labelled.add(name)
     ax.set_yticks(range(len(items)))
     ax.set_yticklabels([label for label, _, _ in reversed(items)], fontsize=8)
     ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(items) - 0.4)
     ax.set_xlabel("time (fraction of the video)")
     ax.set_title(title)
-    if any(t for _, t, _ in items) or any(p for _, _, p in items):
-        ax.legend(fontsize=8, loc="lower right")
+    if labelled:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, save_to)
 
@@ -204,6 +225,192 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], *, 
     ax.set_ylabel("true")
     for (i, j), value in np.ndenumerate(data):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > data.max() / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def _text_box(ax: Any, text: str, *, title: str = "", width: int = 46, colour: str = "whitesmoke") -> None:
+    """A panel of wrapped text (a chain-of-thought step, an answer) on an empty axis."""
+    ax.axis("off")
+    body = "\n".join(textwrap.fill(line, width) for line in text.splitlines() if line.strip())
+    ax.text(0.0, 1.0, (f"{title}\n" if title else "") + body, va="top", ha="left", fontsize=8, family="monospace",
+            transform=ax.transAxes, wrap=True,
+            bbox=dict(boxstyle="round,pad=0.5", facecolor=colour, edgecolor="lightgray"))
+
+
+def pipeline(steps: Sequence[tuple[str, Sequence[str]]], *, title: str = "",
+             save_to: str | Path | None = None) -> Figure:
+    """The method as boxes joined by arrows, each with what this run holds at that step
+    (clips, steps, scores): ``[("footage", ["vtest.avi, 795 frames"]), ("data", [...]), ...]``."""
+    fig, ax = plt.subplots(figsize=(NOTEBOOK_WIDTH, 2.3))
+    ax.axis("off")
+    width = 1 / len(steps)
+    for i, (name, lines) in enumerate(steps):
+        x = i * width + width / 2
+        ax.text(x, 0.5, name + "\n\n" + "\n".join(textwrap.fill(line, 22) for line in lines), ha="center", va="center",
+                fontsize=8, transform=ax.transAxes,
+                bbox=dict(boxstyle="round,pad=0.6", facecolor=plt.cm.Blues(0.15 + 0.12 * i), edgecolor="tab:blue"))
+        if i:
+            ax.annotate("", xy=(x - width * 0.42, 0.5), xytext=(x - width * 0.58, 0.5), xycoords="axes fraction",
+                        arrowprops=dict(arrowstyle="-|>", color="tab:blue", lw=1.5))
+    ax.set_title(title)
+    return _save(fig, save_to)
+
+
+def p2c_steps(frames: np.ndarray, steps: Sequence[tuple[str, str]], *, answer: str = "", title: str = "",
+              save_to: str | Path | None = None) -> Figure:
+    """P2C-CoT on one clip: a row of its frames, then the four steps of the reasoning from
+    perception (what is seen, where) to cognition (what it means), and the answer."""
+    panels = [(f"step {k + 1}: {name}", text) for k, (name, text) in enumerate(steps)]
+    panels += [("answer", answer)] if answer else []
+    wrapped = [textwrap.fill(" ".join(text.split()), 120) for _, text in panels]
+    heights = [0.25 + 0.16 * (body.count("\n") + 2) for body in wrapped]
+    fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 1.9 + sum(heights)), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.9, sum(heights)])
+    shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
+    for ax, index in zip(top.subplots(1, len(shown), squeeze=False)[0], shown):
+        ax.imshow(frames[index])
+        ax.set_title(f"frame {index}", fontsize=7)
+        ax.axis("off")
+    colours = ["#e8f1fb", "#d6e6f7", "#fbeee0", "#f7dcc4", "#e6f4e6"]
+    axes = bottom.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for k, (ax, (name, _), body) in enumerate(zip(axes, panels, wrapped)):
+        _text_box(ax, body, title=name, width=200, colour=colours[-1] if name == "answer" else colours[k % 4])
+    fig.suptitle(title)
+    return _save(fig, save_to)
+
+
+def grpo_group(components: Mapping[str, Sequence[float]], advantages: Sequence[float], *,
+               labels: Sequence[str] | None = None, title: str = "", save_to: str | Path | None = None) -> Figure:
+    """One GRPO group: each completion's (weighted) rewards stacked by component with the
+    group mean, and beside it the advantage each completion gets (reward minus the mean,
+    over the spread): the only signal the policy gradient sees."""
+    count = len(advantages)
+    labels = list(labels) if labels is not None else [f"#{i}" for i in range(count)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(NOTEBOOK_WIDTH * 0.85, 3.4), layout="constrained")
+    above, below = np.zeros(count), np.zeros(count)  # positive parts stack up from 0, negative ones down
+    for name, values in components.items():
+        values = np.asarray(values, dtype=float)
+        left.bar(labels, values, bottom=np.where(values >= 0, above, below), label=name)
+        above += np.clip(values, 0, None)
+        below += np.clip(values, None, 0)
+    total = (above + below).mean()
+    left.axhline(total, color="black", linestyle="--", linewidth=1, label=f"group mean {total:.2f}")
+    left.set_ylabel("reward")
+    left.set_title("rewards by component")
+    left.legend(fontsize=7)
+    colours = ["tab:green" if a > 0 else "tab:red" if a < 0 else "tab:gray" for a in advantages]
+    right.bar(labels, advantages, color=colours)
+    right.axhline(0, color="black", linewidth=0.8)
+    right.set_title("advantage (pushes the completion up if > 0)")
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title)
+    return _save(fig, save_to)
+
+
+def ava_flow(frames: np.ndarray, claimed: Span, kept: Sequence[int], *, claim: str, answer_after: str, reward: float,
+             reason: str = "", title: str = "", save_to: str | Path | None = None) -> Figure:
+    """Anomaly verification on real frames: the clip with the claimed span marked, the clip
+    with that span cut out, and the claim, the answer to the cut clip and the reward.
+    ``claimed`` is a fraction of the clip, ``kept`` the frame indices left after the cut."""
+    shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
+    fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 4.8), layout="constrained")
+    rows = fig.subfigures(3, 1, height_ratios=[1.6, 1.6, 1.0])
+    start, end = claimed[0] * len(frames), claimed[1] * len(frames)
+    for row, indices, name in ((rows[0], shown, "1. the rollout's claim, marked red"),
+                               (rows[1], np.asarray(kept)[np.linspace(0, len(kept) - 1, min(len(kept), 8)).round().astype(int)]
+                                if len(kept) else np.array([], dtype=int), "2. the claimed span cut out: what the model is re-asked")):
+        axes = row.subplots(1, max(len(indices), 1), squeeze=False)[0]
+        for ax, index in zip(axes, indices):
+            ax.imshow(frames[index])
+            ax.set_title(f"frame {index}", fontsize=7, color="tab:red" if start <= index < end else "black")
+            if start <= index < end:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor("tab:red")
+                    spine.set_linewidth(3)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if not len(indices):
+            axes[0].axis("off")
+        row.suptitle(name, fontsize=9, x=0.01, ha="left")
+    texts = rows[2].subplots(1, 3)
+    _text_box(texts[0], claim, title="claim", width=34, colour="#fbeee0")
+    _text_box(texts[1], answer_after, title="3. answer on the cut clip", width=34, colour="#e8f1fb")
+    _text_box(texts[2], f"{reward:+.2f}" + (f"\n{reason}" if reason else ""), title="4. AVA reward", width=34,
+              colour="#e6f4e6" if reward > 0 else "#f7dcc4" if reward < 0 else "whitesmoke")
+    fig.suptitle(title)
+    return _save(fig, save_to)
+
+
+def verdict_histograms(probabilities: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
+                       save_to: str | Path | None = None) -> Figure:
+    """Per model (before and after each stage), the Abnormal probability at the deciding
+    token for normal clips and for abnormal clips: separated histograms mean the verdict
+    follows the video; overlapping ones mean it does not."""
+    fig, axes = plt.subplots(1, len(probabilities), figsize=(min(NOTEBOOK_WIDTH, 3.2 * len(probabilities)), 2.9),
+                             sharey=True, squeeze=False, layout="constrained")
+    bins = np.linspace(0, 1, 21)
+    for ax, (name, (normal, abnormal)) in zip(axes[0], probabilities.items()):
+        ax.hist([p for p in normal if p is not None], bins=bins, alpha=0.6, color="tab:blue", label="normal clips")
+        ax.hist([p for p in abnormal if p is not None], bins=bins, alpha=0.6, color="tab:red", label="abnormal clips")
+        ax.axvline(0.5, color="black", linewidth=0.8, linestyle=":")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("P(Abnormal) at the deciding token", fontsize=8)
+    axes[0][0].set_ylabel("clips")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, save_to)
+
+
+def iou_sketch(cases: Sequence[tuple[str, Span, Span, float, float]], *, title: str = "",
+               save_to: str | Path | None = None) -> Figure:
+    """Temporal IoU drawn: per case (name, true span, predicted span, the release's IoU, the
+    IoU over the union), both spans on a 0-1 axis with the overlap shaded and the hull
+    (min start to max end), the release's denominator, bracketed."""
+    fig, ax = plt.subplots(figsize=(NOTEBOOK_WIDTH * 0.75, 0.75 * len(cases) + 0.8))
+    for row, (name, truth, pred, release_iou, union_iou) in enumerate(cases):
+        y = len(cases) - 1 - row
+        ax.barh(y + 0.15, truth[1] - truth[0], left=truth[0], height=0.25, color="tab:red", label="true" if row == 0 else None)
+        ax.barh(y - 0.15, pred[1] - pred[0], left=pred[0], height=0.25, color="tab:blue",
+                label="predicted" if row == 0 else None)
+        low, high = max(truth[0], pred[0]), min(truth[1], pred[1])
+        if high > low:
+            ax.fill_betweenx([y - 0.3, y + 0.3], low, high, color="gold", alpha=0.5, zorder=3,
+                             label="overlap" if row == 0 else None)
+        hull = (min(truth[0], pred[0]), max(truth[1], pred[1]))
+        ax.annotate("", xy=(hull[0], y - 0.38), xytext=(hull[1], y - 0.38),
+                    arrowprops=dict(arrowstyle="|-|", color="dimgray", lw=1, shrinkA=0, shrinkB=0))
+        ax.text(1.02, y, f"release (hull) {release_iou:.2f}\nunion {union_iou:.2f}", va="center", fontsize=7,
+                transform=ax.get_yaxis_transform())
+    ax.set_yticks(range(len(cases)))
+    ax.set_yticklabels([c[0] for c in reversed(cases)], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(cases) - 0.4)
+    ax.set_xlabel("time (fraction of the video); bracket = hull, the release's denominator")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.2, 1.0))
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], *, title: str = "", ylabel: str = "",
+                 save_to: str | Path | None = None) -> Figure:
+    """Bars grouped by model, one colour per metric (e.g. release vs strict mIoU), value on top."""
+    models = list(values)
+    metrics = list(dict.fromkeys(m for v in values.values() for m in v))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(min(NOTEBOOK_WIDTH, 1.4 * len(models) + 2.5), 3.2))
+    for k, metric in enumerate(metrics):
+        xs = np.arange(len(models)) + (k - (len(metrics) - 1) / 2) * width
+        heights = [values[m].get(metric, np.nan) for m in models]
+        bars = ax.bar(xs, heights, width * 0.95, label=metric)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, save_to)

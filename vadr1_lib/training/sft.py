@@ -164,27 +164,41 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
             yield queues[group].pop()
 
 
-def decision_token_indices(targets: list[list[int]], is_normal: list[bool]) -> list[int]:
-    """Per tokenized target, the index of the token that first commits it to its verdict:
-    the first position where its prefix is no longer the prefix of any target of the other
-    verdict. -1 when there is none (no target of the other verdict, or a target that is a
-    prefix of one). Two prefix tries, so the cost is linear in the number of tokens."""
+def _verdict_tries(targets: list[list[int]], is_normal: list[bool]) -> dict[bool, dict]:
+    """One prefix trie of token ids per verdict (key: is_normal)."""
     tries: dict[bool, dict] = {True: {}, False: {}}
     for ids, normal in zip(targets, is_normal):
         node = tries[normal]
         for token in ids:
             node = node.setdefault(token, {})
-    indices = []
+    return tries
+
+
+def verdict_branches(targets: list[list[int]], is_normal: list[bool]) -> list[tuple[int, set[int], set[int]]]:
+    """Per tokenized target: the index of the token that first commits it to its verdict
+    (the first position where its prefix is no longer the prefix of any target of the other
+    verdict; -1 when there is none: no target of the other verdict, or a target that is a
+    prefix of one), and the tokens that continue its prefix there into a Normal target and
+    into an Abnormal one (a token that continues both is in neither: it decides nothing).
+    Two prefix tries, so the cost is linear in the number of tokens."""
+    tries = _verdict_tries(targets, is_normal)
+    branches = []
     for ids, normal in zip(targets, is_normal):
-        node, found = tries[not normal], -1
-        if node:
+        own, other, found = tries[normal], tries[not normal], (-1, set(), set())
+        if other:
             for position, token in enumerate(ids):
-                if token not in node:
-                    found = position
+                if token not in other:
+                    normal_next, abnormal_next = (set(own), set(other)) if normal else (set(other), set(own))
+                    found = (position, normal_next - abnormal_next, abnormal_next - normal_next)
                     break
-                node = node[token]
-        indices.append(found)
-    return indices
+                own, other = own[token], other[token]
+        branches.append(found)
+    return branches
+
+
+def decision_token_indices(targets: list[list[int]], is_normal: list[bool]) -> list[int]:
+    """Per tokenized target, the index of its deciding token (see :func:`verdict_branches`)."""
+    return [position for position, _, _ in verdict_branches(targets, is_normal)]
 
 
 def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Dataset:
