@@ -16,3 +16,31 @@ def test_smoothed_curves_draw_the_raw_values_and_their_trend(tmp_path):
     lines = fig.axes[0].get_lines()
     assert len(lines) == 2 and np.allclose(lines[1].get_ydata(), [0.0, 0.5, 0.5, 0.5])
     assert (tmp_path / "c.png").is_file()
+
+
+def test_frame_grids_stay_within_a_notebooks_width_and_wrap_into_rows():
+    frames = np.zeros((16, 56, 72, 3), dtype=np.uint8)
+    fig = plots.frame_grid(frames, columns=16)
+    assert fig.get_figwidth() <= plots.NOTEBOOK_WIDTH
+    fig = plots.frame_grid(frames)  # 8 a row by default: two rows
+    assert len([ax for ax in fig.axes if ax.images]) == 16 and fig.axes[8].get_position().y0 < fig.axes[0].get_position().y0
+
+
+def test_a_grpo_group_stacks_negative_rewards_below_zero_and_marks_the_mean():
+    fig = plots.grpo_group({"accuracy": [1.0, 0.0], "ava": [0.5, -0.2]}, [1.0, -1.0])
+    left = fig.axes[0]
+    heights = sorted((round(p.get_y(), 3), round(p.get_height(), 3)) for p in left.patches)
+    assert (0.0, -0.2) in heights and (1.0, 0.5) in heights  # -0.2 hangs from 0, +0.5 sits on the 1.0
+    assert "group mean 0.65" in [t.get_text() for t in left.get_legend().get_texts()]
+
+
+def test_spans_by_model_draws_only_the_spans_that_exist():
+    fig = plots.spans_by_model([("v1", (0.2, 0.5), {"SFT": (0.1, 0.4), "GRPO": None}), ("v2", None, {"SFT": None, "GRPO": (0.3, 0.6)})])
+    assert len(fig.axes[0].patches) == 3  # v1: true + SFT; v2: GRPO
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["true", "SFT", "GRPO"]
+
+
+def test_verdict_histograms_leave_out_clips_without_a_deciding_token():
+    fig = plots.verdict_histograms({"base": ([0.1, None], [0.9]), "SFT": ([0.2], [0.8, 0.7])})
+    counts = [sum(p.get_height() for p in ax.patches) for ax in fig.axes]
+    assert counts == [2, 3]
