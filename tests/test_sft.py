@@ -350,6 +350,11 @@ def test_a_copied_run_folder_is_reused_and_a_variant_trains_beside_it(ci, monkey
     assert dict(o.split("=", 1) for o in other.overrides) == {"sft.max_steps": "1", "sft.learning_rate": "0.0001"}
     assert stages.ensure_sft(other) == other.run_dir / "sft"
     assert StageMarker(moved).read() == trained  # the profile's own result is untouched
+    grpo_only = notebook.variant(profile, "grpo-only", {"grpo.beta": 0.0})
+    with monkeypatch.context() as patch:
+        patch.setattr(sft, "train", no_training)
+        assert stages.ensure_sft(grpo_only) == moved  # SFT's settings are the profile's: reused, not retrained
+    assert stages.ensure_base_model(grpo_only) == str(copy / "ci" / "base-model")
     with pytest.raises(config.ProfileError, match="variant"):
         config.load_profile("ci", variant="../escape")
 

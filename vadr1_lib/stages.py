@@ -60,13 +60,20 @@ def ensure_base_model(profile: Profile) -> str:
         return profile.model.name_or_path
     splits = data_splits(profile)
     corpus = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
-    out = profile.base_model_dir
-    info = modeling.tiny_model_info(out)
-    if (info is not None and info.get("identity") == modeling.tiny_model_identity(profile.model, corpus)
-            and (out / "model.safetensors").is_file()):
-        return str(out)
-    modeling.build_tiny_model(profile, out, corpus)
-    return str(out)
+    identity = modeling.tiny_model_identity(profile.model, corpus)
+    for out in (profile.base_model_dir, _profile_own(profile, profile.base_model_dir)):
+        info = modeling.tiny_model_info(out)
+        if info is not None and info.get("identity") == identity and (out / "model.safetensors").is_file():
+            return str(out)
+    modeling.build_tiny_model(profile, profile.base_model_dir, corpus)
+    return str(profile.base_model_dir)
+
+
+def _profile_own(profile: Profile, folder: Path) -> Path:
+    """Where ``folder`` of a variant lies in the profile's own run folder (itself without a
+    variant). A variant's stage whose settings equal the profile's own is reused from there:
+    an exercise that changes GRPO retrains GRPO, not SFT and the base model too."""
+    return paths.runs_dir() / profile.name / folder.relative_to(profile.run_dir) if profile.variant else folder
 
 
 def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = None) -> list[str] | None:
@@ -90,6 +97,10 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     marker = StageMarker(out)
     if marker.finished_with(fingerprint):
         return out
+    own = _profile_own(profile, out)
+    if own != out and StageMarker(own).finished_with(fingerprint):
+        print(f"{label}: the profile's own result has the same settings; using {own}")
+        return own
     command = launch_command(profile, stage, cli_args)
     if command is not None:
         if dry_run:

@@ -27,6 +27,7 @@ from vadr1_lib import parsing, prompts
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.model import modeling
+from vadr1_lib.progress import track
 
 OPTIONS = 4
 QUESTIONS = {
@@ -107,7 +108,7 @@ def ask(model: Any, processor: Any, questions: Sequence[Question], profile: Prof
     """Accuracy overall and per question kind, and each question's choice."""
     model.eval()
     choices = [max(range(OPTIONS), key=scores.__getitem__) for scores in
-               (option_scores(model, processor, q, profile) for q in questions)]
+               (option_scores(model, processor, q, profile) for q in track(questions, "VANE questions", "question"))]
     correct = [c == q.answer for c, q in zip(choices, questions)]
     by_kind = {}
     for kind in QUESTIONS:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +126,8 @@ def ensure_wordnet(data_dir: Path | None = None) -> Path:
                 "or `python -c \"import nltk; nltk.download('wordnet')\"` with internet access."
             )
 
+    print("loading WordNet for METEOR's synonym matches (once per process) ...", flush=True)
+    began = time.perf_counter()
     try:
         _load_global_wordnet()
     except (OSError, ValueError, AssertionError) as error:
@@ -133,6 +136,7 @@ def ensure_wordnet(data_dir: Path | None = None) -> Path:
             "delete that directory and call ensure_wordnet() again"
         ) from error
     _ready_wordnet_path = _wordnet_location()
+    print(f"WordNet loaded in {time.perf_counter() - began:.0f} s", flush=True)
     return _ready_wordnet_path
 
 
