@@ -128,6 +128,13 @@ def test_detection_scores_reject_mismatched_or_empty_input():
 )
 def test_temporal_iou(pred, gt, iou):
     assert temporal_iou(pred, gt) == pytest.approx(iou)
+    if pred[0] <= pred[1] and max(pred[0], gt[0]) < min(pred[1], gt[1]):  # overlapping, well-formed: hull = union
+        assert metrics.union_iou(pred, gt) == pytest.approx(iou)
+
+
+def test_union_and_hull_differ_only_where_both_are_zero():
+    assert metrics.union_iou((0.0, 0.2), (0.5, 1.0)) == temporal_iou((0.0, 0.2), (0.5, 1.0)) == 0.0
+    assert metrics.union_iou((0.2, 0.4), (0.3, 0.7)) == pytest.approx(0.1 / 0.5)
 
 
 def test_release_video_iou_conventions():

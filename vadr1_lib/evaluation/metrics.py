@@ -98,6 +98,14 @@ def temporal_iou(pred_span: Span, gt_span: Span) -> float:
     return overlap / hull if hull > 0 else 0.0
 
 
+def union_iou(pred_span: Span, gt_span: Span) -> float:
+    """overlap / (length of the union): the textbook IoU, for comparison with
+    :func:`temporal_iou`. The two differ only for disjoint spans, where both are 0."""
+    overlap = max(0.0, min(pred_span[1], gt_span[1]) - max(pred_span[0], gt_span[0]))
+    union = max(0.0, pred_span[1] - pred_span[0]) + max(0.0, gt_span[1] - gt_span[0]) - overlap
+    return overlap / union if union > 0 else 0.0
+
+
 def release_video_iou(gt_abnormal: bool, gt_span: Span | None, pred_abnormal: bool, pred_span: Span) -> float:
     """One video's IoU under the release's conventions.
 
