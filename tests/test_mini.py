@@ -260,3 +260,15 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_build(tmp_path, ci_profile)
 def test_bad_parameters_are_rejected(tmp_path):
     with pytest.raises(mini.DatasetBuildError, match="even"):
         mini.build_dataset(load_profile("ci", {"data.frame_width": 55}), tmp_path / "x", progress=False)
+
+
+def test_a_variant_reuses_the_profiles_dataset_or_builds_its_own_beside_it(tmp_path, monkeypatch, ci_profile):
+    """An exercise that changes data settings must not replace the chapter's dataset."""
+    monkeypatch.setenv("VADR1_DATA", str(tmp_path))
+    own = mini.ensure_dataset(ci_profile, progress=False)
+    before = own.manifest.read_text()
+    same = mini.ensure_dataset(load_profile("ci", variant="same-data"), progress=False)
+    assert same.root == own.root  # nothing built: the settings are the profile's
+    other = mini.ensure_dataset(load_profile("ci", {"data.seed": 1}, variant="other-seed"), progress=False)
+    assert other.root == tmp_path / "vad-reasoning-mini" / "ci-variants" / "other-seed"
+    assert own.manifest.read_text() == before  # the profile's own dataset is untouched

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vadr1_lib import paths, prompts, stages
+from vadr1_lib import parsing, paths, prompts, stages
 from vadr1_lib.config import GRPOConfig
 from vadr1_lib.data import video
 from vadr1_lib.data.taxonomy import UnknownLabelError
@@ -220,6 +220,7 @@ def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos, ci_profile) -> No
     first = record["checks"][0]  # what a notebook draws: the frames the verifier saw and its answer
     assert (first["rollout"], first["answer"], first["flipped"]) == (0, NORMAL_OK, True)
     assert first["kept_frames"] == [int(i) for i in model.calls[0][0].indices]
+    assert first["cut"] == parsing.parse_completion(ABNORMAL_OK).span
     assert [check["rollout"] for check in record["checks"]] == [0, 1, 2, 3, 4, 6, 7]
 
 

@@ -21,8 +21,10 @@ class _DropMessages(logging.Filter):
 # - bitsandbytes offers a faster CPU 4-bit kernel from the Hub's ``kernels`` package and
 #   falls back to its own, equal result, when that cannot be fetched (as on machines
 #   without the Hub);
+# - DeepSpeed, when installed, says at import that it found no GPU (it runs on the CPU);
 # - transformers orders checkpoints by number, not file time, when they were written within
 #   a second of each other (tiny models save that fast); the order is the same.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessages("Failed to load CPU gemm_4bit_forward"))
+logging.getLogger("DeepSpeed").addFilter(_DropMessages("Setting accelerator to CPU"))
 logging.getLogger("transformers.trainer_utils").addFilter(_DropMessages("mtime may not be reliable"))

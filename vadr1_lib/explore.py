@@ -79,7 +79,8 @@ def reward_explorer(profile: Profile, tokenizer: Any, record: dataset.SFTRecord,
     path = str(record.path)
 
     def show(text: str) -> None:
-        display(reward_breakdown(text, solution, profile, tokenizer, video_path=path, verifier=verifier))
+        with pd.option_context("display.max_colwidth", None):  # the reasons are the point: never cut them
+            display(reward_breakdown(text, solution, profile, tokenizer, video_path=path, verifier=verifier))
 
     if notebook.unattended():
         for name, text in examples.items():

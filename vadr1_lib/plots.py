@@ -310,18 +310,19 @@ def grpo_group(components: Mapping[str, Sequence[float]], advantages: Sequence[f
     return _save(fig, save_to)
 
 
-def ava_flow(frames: np.ndarray, claimed: Span, kept: Sequence[int], *, claim: str, answer_after: str, reward: float,
+def ava_flow(frames: np.ndarray, cut: Span, kept: Sequence[int], *, claim: str, answer_after: str, reward: float,
              reason: str = "", title: str = "", save_to: str | Path | None = None) -> Figure:
-    """Anomaly verification on real frames: the clip with the claimed span marked, the clip
-    with that span cut out, and the claim, the answer to the cut clip and the reward.
-    ``claimed`` is a fraction of the clip, ``kept`` the frame indices left after the cut."""
+    """Anomaly verification on real frames: the clip with the span the check cuts marked
+    (an abnormal claim's own span; for a Normal claim a harmless head or tail), the frames
+    left after the cut, and the claim, the answer to the cut clip and the reward. ``cut`` is
+    a fraction of the clip, ``kept`` the frame indices left after the cut."""
     shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
     fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 4.8), layout="constrained")
     rows = fig.subfigures(3, 1, height_ratios=[1.6, 1.6, 1.0])
-    start, end = claimed[0] * len(frames), claimed[1] * len(frames)
-    for row, indices, name in ((rows[0], shown, "1. the rollout's claim, marked red"),
+    start, end = cut[0] * len(frames), cut[1] * len(frames)
+    for row, indices, name in ((rows[0], shown, "1. the clip; red: the frames the check cuts"),
                                (rows[1], np.asarray(kept)[np.linspace(0, len(kept) - 1, min(len(kept), 8)).round().astype(int)]
-                                if len(kept) else np.array([], dtype=int), "2. the claimed span cut out: what the model is re-asked")):
+                                if len(kept) else np.array([], dtype=int), "2. what is left after the cut: the frames the model is re-asked on")):
         axes = row.subplots(1, max(len(indices), 1), squeeze=False)[0]
         for ax, index in zip(axes, indices):
             ax.imshow(frames[index])

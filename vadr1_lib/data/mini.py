@@ -35,6 +35,7 @@ so an interrupted build never leaves a folder that looks like a finished dataset
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -221,8 +222,11 @@ def _cache_key(profile: Profile, footage: Sequence[Footage]) -> dict[str, Any]:
 
 
 def default_out_dir(profile: Profile) -> Path:
-    """``<data dir>/vad-reasoning-mini/<profile>/``: one dataset per profile."""
-    return paths.data_dir() / "vad-reasoning-mini" / profile.name
+    """``<data dir>/vad-reasoning-mini/<profile>/``: one dataset per profile; a variant's
+    own in ``<profile>-variants/<variant>/`` (beside it: a rebuild replaces the profile's
+    folder as a whole)."""
+    root = paths.data_dir() / "vad-reasoning-mini"
+    return root / f"{profile.name}-variants" / profile.variant if profile.variant else root / profile.name
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -255,18 +259,24 @@ def ensure_dataset(
     """The dataset for `profile`: the stored one if its manifest's cache key matches the
     current parameters and footage, else a fresh build."""
     _check_parameters(profile)
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(profile)
     usable, skipped, folder = resolve_footage(profile, footage)
     key = _cache_key(profile, usable)
-    stored = DatasetPaths(out_dir)
-    if stored.manifest.is_file():
-        try:
-            manifest = json.loads(stored.manifest.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            manifest = {}
-        if manifest.get("key") == key:
-            return stored
-    return _build(profile, out_dir, usable, skipped, folder, key, progress).paths
+    if out_dir is not None:
+        candidates = [Path(out_dir)]
+    else:  # a variant whose data settings are the profile's reuses the profile's dataset
+        candidates = [default_out_dir(profile)]
+        if profile.variant:
+            candidates.append(default_out_dir(dataclasses.replace(profile, variant="")))
+    for candidate in candidates:
+        stored = DatasetPaths(candidate)
+        if stored.manifest.is_file():
+            try:
+                manifest = json.loads(stored.manifest.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                manifest = {}
+            if manifest.get("key") == key:
+                return stored
+    return _build(profile, candidates[0], usable, skipped, folder, key, progress).paths
 
 
 def _build(

@@ -112,14 +112,9 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     adapter and the processor; returns the training seconds and the checkpoint resumed from."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from transformers import PrinterCallback
-
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     log_beside_checkpoints(trainer, output_dir / "logs")
-    # With tqdm off, transformers prints every log dict (each step here); one line every
-    # few seconds says as much.
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(TrainerProgress(Path(output_dir).name))
+    print_progress_as_text(trainer, Path(output_dir).name)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
@@ -127,6 +122,15 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
     return seconds, resume
+
+
+def print_progress_as_text(trainer: Any, label: str) -> None:
+    """Replace transformers' printing of every log dict (what it does with tqdm off, here
+    each step) by a :class:`TrainerProgress` line every few seconds."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(TrainerProgress(label))
 
 
 class TrainerProgress(TrainerCallback):

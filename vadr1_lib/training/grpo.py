@@ -382,6 +382,7 @@ def inspect_first_batch(profile: Profile, start_model: str | Path, rl_file: Path
                                video_root=video_root)
     trainer.args.save_strategy = "no"
     trainer.inspect_first_batch = True
+    common.print_progress_as_text(trainer, "GRPO, one inspected step")
     trainer.train()
     return trainer.inspected
 

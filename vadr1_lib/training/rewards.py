@@ -202,7 +202,7 @@ class AnomalyVerificationReward:
         _check_lengths(completions, "video_path", video_path)
         rewards = [0.0] * len(completions)
         branches: list[str] = []
-        queries: list[tuple[int, str | None, bool, int, list[int]]] = []  # (rollout, label, right?, view, frames kept)
+        queries: list[tuple[int, str | None, bool, int, tuple[float, float], list[int]]] = []  # + view, cut, frames kept
         views: dict[tuple[str, tuple[int, ...]], int] = {}  # (video, frames kept) -> index into clips
         clips: list[video.VideoClip] = []
         untrimmable = 0
@@ -227,19 +227,20 @@ class AnomalyVerificationReward:
                 views[view] = len(clips)
                 clips.append(video.load_clip(path, indices))
             queries.append((i, parsed.predicted_label if parsed.which else None, _accuracy(parsed, label) == 1.0,
-                            views[view], indices))
+                            views[view], exclude, indices))
         unique_answers = self._generate(clips)
         if len(unique_answers) != len(clips):
             raise RuntimeError(f"generate_fn returned {len(unique_answers)} answers for {len(clips)} clips")
         bonus = penalty = 0
-        # One per re-query: which rollout and branch, was the rollout right, which frames the
-        # verifier saw, what it answered, and whether that flipped the rollout's verdict.
+        # One per re-query: which rollout and branch, was the rollout right, the span cut (a
+        # fraction of the video), the frames the verifier saw, what it answered, and whether
+        # that flipped the rollout's verdict.
         checks = []
-        for (i, original, right, view_index, kept) in queries:
+        for (i, original, right, view_index, cut, kept) in queries:
             answer = completion_text(unique_answers[view_index])
             reparsed = parsing.parse_completion(answer)
             now = reparsed.predicted_label if reparsed.which else None
-            checks.append({"rollout": i, "branch": branches[i], "right": right, "kept_frames": kept, "answer": answer,
+            checks.append({"rollout": i, "branch": branches[i], "right": right, "cut": cut, "kept_frames": kept, "answer": answer,
                            "flipped": now is not None and now != original})
             if branches[i] == "abnormal" and now == NORMAL_LABEL:
                 rewards[i], bonus = self.cfg.ava_abnormal_bonus, bonus + 1
