@@ -100,3 +100,13 @@ def test_yaml_words_that_pyyaml_calls_booleans_stay_text_in_overrides():
     assert (p.train.mixed_precision, p.grpo.use_ava, p.data.footage) == ("no", False, "off")
     with pytest.raises(config.ProfileError, match="expected bool"):
         config.load_profile("ci", ["grpo.use_ava=yes"])  # only true/false are booleans
+
+
+def test_the_profile_table_shows_only_what_applies_to_each_profile():
+    table = config.compare_profiles(["cpu", "qlora-24gb"])
+    assert table["model.tiny.hidden_size"]["qlora-24gb"] == config.NOT_APPLICABLE  # a 7B has no tiny sizes
+    assert table["data.n_sft_train"]["qlora-24gb"] == config.NOT_APPLICABLE  # nor does it train on Mini
+    assert table["model.tiny.hidden_size"]["cpu"] == config.load_profile("cpu").model.tiny.hidden_size
+    cpu = config.load_profile("cpu")
+    assert (table["sft.max_steps"]["cpu"] == config.NOT_APPLICABLE) == (cpu.sft.max_steps <= 0)
+    assert (table["sft.num_train_epochs"]["cpu"] == config.NOT_APPLICABLE) == (cpu.sft.max_steps > 0)

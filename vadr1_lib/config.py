@@ -399,7 +399,27 @@ def get_field(profile: Profile, dotted_key: str) -> Any:
     return value
 
 
+NOT_APPLICABLE = "—"
+
+
+def applies(profile: Profile, dotted_key: str) -> bool:
+    """Whether a field takes effect in this profile: the tiny model's sizes only when the
+    model is the tiny one, Mini's sizes only on Mini, a stage's epochs only when no step
+    count overrides them (a 7B profile does not train on Mini's 200 videos)."""
+    section, _, name = dotted_key.partition(".")
+    if dotted_key.startswith("model.tiny."):
+        return profile.model.name_or_path == "tiny"
+    if section == "data" and name not in ("dataset", "seed"):
+        mini_only = name.startswith(("n_", "clip_", "frame_", "footage"))
+        return (profile.data.dataset == "mini") == mini_only
+    if section in ("sft", "grpo") and name in ("max_steps", "num_train_epochs"):
+        steps = getattr(profile, section).max_steps
+        return steps > 0 if name == "max_steps" else steps <= 0
+    return True
+
+
 def compare_profiles(names: list[str] | None = None, keys: tuple[str, ...] = COMPARE_KEYS) -> dict[str, dict[str, Any]]:
-    """``{key: {profile: value}}`` for a side-by-side table of the profiles."""
+    """``{key: {profile: value}}`` for a side-by-side table of the profiles, with
+    :data:`NOT_APPLICABLE` where a field has no effect in that profile (:func:`applies`)."""
     profiles = [load_profile(n) for n in (names or available_profiles())]
-    return {key: {p.name: get_field(p, key) for p in profiles} for key in keys}
+    return {key: {p.name: get_field(p, key) if applies(p, key) else NOT_APPLICABLE for p in profiles} for key in keys}
