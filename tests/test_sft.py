@@ -376,3 +376,24 @@ def test_verdict_probabilities_are_read_at_the_deciding_token_for_every_test_cli
     test = stages.test_records(profile)
     probabilities = verdicts.abnormal_probabilities(base, test, profile, reference=train)
     assert len(probabilities) == len(test) and all(0 < p < 1 for p in probabilities)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_resuming_restores_the_checkpoints_weights(ci, tmp_path, mode):
+    """A requeued job must go on from its checkpoint, not from the base model with the
+    checkpoint's step count (transformers' own loading matched no tensor name here)."""
+    profile, base, _, splits = ci
+    profile = config.load_profile("ci", {"sft.max_steps": 1, "sft.save_steps": 1, "sft.learning_rate": 5e-2,
+                                         "train.mode": mode})
+    sft.train(profile, base, splits.sft_train, output_dir=tmp_path / "run", video_root=splits.video_root)
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-1"
+    model, processor = modeling.load_for_training(base, profile)
+    trainer = _trainer(profile, model, processor, sft.sft_dataset(dataset.load_sft(splits.sft_train), processor.tokenizer),
+                       tmp_path / "again")
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer._load_from_checkpoint(str(checkpoint))
+    saved, _ = modeling.load_model_and_processor(checkpoint, profile)
+    saved_weights = dict(saved.named_parameters())
+    restored = {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(restored[n], saved_weights[n].detach()) for n in restored)
+    assert any(not torch.equal(restored[n], start[n]) for n in restored)  # the checkpoint is not the base model

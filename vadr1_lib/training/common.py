@@ -124,6 +124,25 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     return seconds, resume
 
 
+class RestoresCheckpointWeights:
+    """Mixed into both trainers (before TRL's class): a resumed run restores the weights of
+    its checkpoint. Only ``_load_from_checkpoint`` changes."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # Why: transformers 5.24's Trainer reads a checkpoint's tensors under the names they
+        # were saved with, but save_pretrained writes Qwen2.5-VL's original names (visual.*,
+        # model.layers.*) while the loaded model uses new ones (model.visual.*,
+        # model.language_model.*). No tensor matched (strict=False hid it behind a warning),
+        # so a requeued run went on from the *base* weights with the checkpoint's step count.
+        # from_pretrained maps the names. Adapters and FSDP checkpoints keep the stock path.
+        model = model if model is not None else self.model
+        if modeling.is_adapter(resume_from_checkpoint) or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        restored = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(restored.state_dict(), strict=True)
+        return None
+
+
 def print_progress_as_text(trainer: Any, label: str) -> None:
     """Replace transformers' printing of every log dict (what it does with tqdm off, here
     each step) by a :class:`TrainerProgress` line every few seconds."""

@@ -56,7 +56,7 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 INSPECT_POSITION = "inspect_position"  # a rollout's index in generation order (only while inspecting)
 
 
-class VideoGRPOTrainer(trl.GRPOTrainer):
+class VideoGRPOTrainer(common.RestoresCheckpointWeights, trl.GRPOTrainer):
     """``GRPOTrainer`` whose log-prob forwards see the video (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
