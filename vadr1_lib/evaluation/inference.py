@@ -45,6 +45,7 @@ def generate_for_video(model_dir: Path | str, video_path: Path, profile: Profile
     text = processor.apply_chat_template(chat_messages(prompt_text=prompt), add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], return_tensors="pt", **modeling.video_inputs([clip])).to(model.device)
     kwargs = modeling.generation_kwargs(processor, max_new_tokens or profile.eval.max_new_tokens)
+    print(f"generating up to {kwargs['max_new_tokens']} tokens for {Path(video_path).name} ...", flush=True)
     start = time.perf_counter()
     output = model.generate(**inputs, **kwargs)
     seconds = time.perf_counter() - start
