@@ -317,8 +317,9 @@ def ava_flow(frames: np.ndarray, cut: Span, kept: Sequence[int], *, claim: str, 
     left after the cut, and the claim, the answer to the cut clip and the reward. ``cut`` is
     a fraction of the clip, ``kept`` the frame indices left after the cut."""
     shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
-    fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 4.8), layout="constrained")
-    rows = fig.subfigures(3, 1, height_ratios=[1.6, 1.6, 1.0])
+    texts_height = 0.35 + 0.15 * max(textwrap.fill(t, 34).count("\n") + 2 for t in (claim, answer_after, reason))
+    fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 3.2 + texts_height), layout="constrained")
+    rows = fig.subfigures(3, 1, height_ratios=[1.6, 1.6, texts_height])
     start, end = cut[0] * len(frames), cut[1] * len(frames)
     for row, indices, name in ((rows[0], shown, "1. the clip; red: the frames the check cuts"),
                                (rows[1], np.asarray(kept)[np.linspace(0, len(kept) - 1, min(len(kept), 8)).round().astype(int)]
