@@ -76,3 +76,24 @@ def test_generate_on_a_broken_video_names_the_file(capsys, tiny_and_clip, tmp_pa
     code, _, err = run_cli(capsys, "generate", "--profile", "ci", "--model", str(model_dir), "--video", str(bad))
     assert code == 1
     assert str(bad) in err and ("not found" in err if kind == "missing" else "corrupt video" in err)
+
+
+def test_json_output_stays_parseable_when_a_command_prints_on_the_way(capsys, monkeypatch, tmp_path):
+    """Progress lines (WordNet loading, inference) must not corrupt what --json promises."""
+    from vadr1_lib.evaluation import scores
+
+    real = scores.evaluate_file
+
+    def noisy(*args, **kwargs):
+        print("loading WordNet for METEOR's synonym matches (once per process) ...")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scores, "evaluate_file", noisy)
+    rows = tmp_path / "truth.jsonl"
+    rows.write_text(json.dumps({"source": "Mini", "video": "v1", "anomaly_type": "Normal", "path": "v1.mp4",
+                                "total_frames": 8, "think": "<think><step1>a.</step1><step2>b.</step2></think>",
+                                "answer": "<answer><which>Normal</which></answer>"}) + "\n")
+    code, out, err = run_cli(capsys, "evaluate", "--pred", str(rows), "--gt", str(rows), "--json", "--bootstrap", "0",
+                             "--no-text")
+    assert code == 0 and json.loads(out)["detection"]["accuracy"] == 1.0
+    assert "loading WordNet" in err

@@ -7,6 +7,7 @@ Every command that depends on scale takes ``--profile NAME`` and repeated
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -36,7 +37,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from vadr1_lib import doctor
 
     report = doctor.environment_report()
-    print(json.dumps(report, indent=2) if args.json else doctor.format_report(report))
+    if args.json:
+        _print_json(args, report)
+    else:
+        print(doctor.format_report(report))
     return 0
 
 
@@ -136,7 +140,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     records = dataset.load_split(Path(args.file))
     stats = dataset.dataset_stats(records, count_tokens=tokenizer.count_tokens)
     if args.json:
-        print(json.dumps(stats, indent=2))
+        _print_json(args, stats)
     else:
         print(dataset.format_stats(stats))
     return 0
@@ -146,7 +150,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     from vadr1_lib import parsing
 
     result = parsing.validate_release_file(Path(args.file))
-    print(json.dumps(result, indent=2) if args.json else parsing.format_validation_report(result))
+    if args.json:
+        _print_json(args, result)
+    else:
+        print(parsing.format_validation_report(result))
     return 0
 
 
@@ -188,7 +195,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results[Path(pred).stem] = scores.evaluate_file(Path(pred), truth, text_metrics=not args.no_text,
                                                             bootstrap_resamples=args.bootstrap)
     if args.json:
-        print(json.dumps(results[Path(args.pred[0]).stem] if len(args.pred) == 1 else results, indent=2))
+        _print_json(args, results[Path(args.pred[0]).stem] if len(args.pred) == 1 else results)
     else:
         print(scores.format_table(results))
     return 0
@@ -254,7 +261,10 @@ def cmd_plan_memory(args: argparse.Namespace) -> int:
 
     # load_profile, not _profile: planning needs no torch, so the command answers at once.
     plan = memory.plan_memory(config.load_profile(args.profile, args.overrides), gpu_gb=args.gpu_gb)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else memory.format_plan(plan))
+    if args.json:
+        _print_json(args, plan.to_dict())
+    else:
+        print(memory.format_plan(plan))
     return 0
 
 
@@ -369,10 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_json(args: argparse.Namespace, value: object) -> None:
+    print(json.dumps(value, indent=2), file=getattr(args, "json_stream", None) or sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "json", False):
+            # With --json, stdout carries the JSON alone (a script parses it); whatever a
+            # command prints on the way (progress, "loading WordNet ...") goes to stderr.
+            args.json_stream = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return args.func(args)
         return args.func(args)
     except config.ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
