@@ -65,6 +65,8 @@ def ensure_base_model(profile: Profile) -> str:
         info = modeling.tiny_model_info(out)
         if info is not None and info.get("identity") == identity and (out / "model.safetensors").is_file():
             return str(out)
+    print(f"building the tiny Qwen2.5-VL in {profile.base_model_dir} (its vocabulary from {len(corpus)} training "
+          "targets and the prompts) ...", flush=True)
     modeling.build_tiny_model(profile, profile.base_model_dir, corpus)
     return str(profile.base_model_dir)
 
