@@ -8,6 +8,7 @@ from vadr1_lib.data.drawing import SPAN_FRACTION_RANGE
 from vadr1_lib.data.video import (
     CorruptVideoError,
     VideoNotFoundError,
+    covered_frames,
     head_tail_trim,
     load_clip,
     load_frames,
@@ -145,6 +146,7 @@ def test_trimmed_frame_indices_exact() -> None:
     assert trimmed_frame_indices(10, (0.7, 1.0), 3) == [0, 3, 6]  # the last 30%: frames 7-9
     assert trimmed_frame_indices(10, (0.0, 0.85), 4) == [9, 9, 9, 9]  # frame 8 is half covered; one left: repeated
     assert trimmed_frame_indices(10, (0.2, 0.2004), 10) == list(range(10))  # less than rounding explains: nothing
+    assert covered_frames(32, (0.688, 0.969)) == list(range(22, 31))  # Mini's exact span: frames 22-30, not 31
 
 
 def test_the_exact_span_of_every_mini_anomaly_removes_exactly_its_frames() -> None:

@@ -310,25 +310,25 @@ def grpo_group(components: Mapping[str, Sequence[float]], advantages: Sequence[f
     return _save(fig, save_to)
 
 
-def ava_flow(frames: np.ndarray, cut: Span, kept: Sequence[int], *, claim: str, answer_after: str, reward: float,
-             reason: str = "", title: str = "", save_to: str | Path | None = None) -> Figure:
-    """Anomaly verification on real frames: the clip with the span the check cuts marked
+def ava_flow(frames: np.ndarray, cut: Sequence[int], kept: Sequence[int], *, claim: str, answer_after: str,
+             reward: float, reason: str = "", title: str = "", save_to: str | Path | None = None) -> Figure:
+    """Anomaly verification on real frames: the clip with the frames the check cuts marked
     (an abnormal claim's own span; for a Normal claim a harmless head or tail), the frames
-    left after the cut, and the claim, the answer to the cut clip and the reward. ``cut`` is
-    a fraction of the clip, ``kept`` the frame indices left after the cut."""
+    the model is re-asked on, and the claim, its answer to the cut clip and the reward.
+    ``cut`` and ``kept`` are frame indices (``video.covered_frames`` gives the cut ones)."""
     shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
     texts_height = 0.35 + 0.15 * max(textwrap.fill(t, 34).count("\n") + 2 for t in (claim, answer_after, reason))
     fig = plt.figure(figsize=(NOTEBOOK_WIDTH, 3.2 + texts_height), layout="constrained")
     rows = fig.subfigures(3, 1, height_ratios=[1.6, 1.6, texts_height])
-    start, end = cut[0] * len(frames), cut[1] * len(frames)
+    cut = set(cut)
     for row, indices, name in ((rows[0], shown, "1. the clip; red: the frames the check cuts"),
                                (rows[1], np.asarray(kept)[np.linspace(0, len(kept) - 1, min(len(kept), 8)).round().astype(int)]
                                 if len(kept) else np.array([], dtype=int), "2. what is left after the cut: the frames the model is re-asked on")):
         axes = row.subplots(1, max(len(indices), 1), squeeze=False)[0]
         for ax, index in zip(axes, indices):
             ax.imshow(frames[index])
-            ax.set_title(f"frame {index}", fontsize=7, color="tab:red" if start <= index < end else "black")
-            if start <= index < end:
+            ax.set_title(f"frame {index}", fontsize=7, color="tab:red" if index in cut else "black")
+            if index in cut:
                 for spine in ax.spines.values():
                     spine.set_edgecolor("tab:red")
                     spine.set_linewidth(3)

@@ -268,6 +268,13 @@ def uniform_frame_indices(num_frames: int, n: int) -> list[int]:
 SPAN_ROUNDING = 0.0005
 
 
+def covered_frames(num_frames: int, exclude: tuple[float, float]) -> list[int]:
+    """The frames a span covers, as AVA's trim drops them (see :func:`trimmed_frame_indices`)."""
+    start, end = exclude
+    return [i for i in range(num_frames)
+            if (i + 1) / num_frames > start + SPAN_ROUNDING and i / num_frames < end - SPAN_ROUNDING]
+
+
 def trimmed_frame_indices(num_frames: int, exclude: tuple[float, float], n: int) -> list[int]:
     """AVA's verification trim: drop every frame the span ``[s, e]`` covers, then take n
     frames uniformly from what is left.
@@ -289,9 +296,8 @@ def trimmed_frame_indices(num_frames: int, exclude: tuple[float, float], n: int)
         raise ValueError(f"exclude must satisfy 0 <= s <= e <= 1, got {exclude}")
     if num_frames < 1 or n < 1:
         raise ValueError(f"need num_frames >= 1 and n >= 1, got {num_frames} and {n}")
-    covered = [(i + 1) / num_frames > start + SPAN_ROUNDING and i / num_frames < end - SPAN_ROUNDING
-               for i in range(num_frames)]
-    kept = [i for i in range(num_frames) if not covered[i]]
+    dropped = set(covered_frames(num_frames, exclude))
+    kept = [i for i in range(num_frames) if i not in dropped]
     if not kept:
         raise ValueError(f"excluding {exclude} removes all {num_frames} frames")
     return [kept[position] for position in _spread(n, len(kept))]
