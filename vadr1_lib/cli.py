@@ -393,7 +393,13 @@ def main(argv: list[str] | None = None) -> int:
             args.json_stream = sys.stdout
             with contextlib.redirect_stdout(sys.stderr):
                 return args.func(args)
-        return args.func(args)
+        code = args.func(args)
+        if args.func in (cmd_sft, cmd_grpo):  # the commands accelerate launches
+            from vadr1_lib.cluster import launch
+
+            if launch.inside_distributed_launch():
+                launch.exit_launched_process(code)
+        return code
     except config.ProfileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
