@@ -8,6 +8,7 @@ What they compute is the library's own: the parser, the rewards, the metrics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,8 +41,7 @@ def reward_breakdown(completion: str, solution: str, profile: Profile, tokenizer
                       if parsed.format_valid else "; ".join(parsed.problems[:3]))
     length = rewards.LengthReward(profile.grpo, tokenizer)
     count = length.token_counts([completion], None)[0]
-    low, high = (profile.grpo.length_range_normal if label == taxonomy.NORMAL_LABEL
-                 else profile.grpo.length_range_abnormal)
+    low, high = length.range_for(label)
     paid = accuracy == 1.0 and length.in_range(count, label)
     rows["length"] = (profile.grpo.length_bonus if paid else 0.0,
                       f"{count} tokens, range for {label} [{low}, {high}]" + ("" if accuracy == 1.0 else "; not right: no bonus")
@@ -63,9 +63,9 @@ def reward_breakdown(completion: str, solution: str, profile: Profile, tokenizer
     weights = dict(zip(REWARD_NAMES, profile.grpo.reward_weights or [1.0] * len(REWARD_NAMES)))
     table = pd.DataFrame({name: {"reward": value, "weight": weights[name], "why": why}
                           for name, (value, why) in rows.items()}).T
+    total = sum(value * weights[name] for name, (value, _) in rows.items() if not math.isnan(value))
     table.loc["total", ["reward", "weight", "why"]] = [
-        sum(float(table.loc[n, "reward"]) * weights[n] for n in rows if table.loc[n, "reward"] == table.loc[n, "reward"]),
-        "", "weighted sum; the group's advantage is this minus the group mean, over its spread"]
+        total, "", "weighted sum; the group's advantage is this minus the group mean, over its spread"]
     return table
 
 

@@ -121,8 +121,13 @@ class LengthReward:
             raise TypeError("length_reward needs completion_ids (TRL passes them) or a tokenizer")
         return [len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
 
-    def in_range(self, count: int, label: str) -> bool:
+    def range_for(self, label: str) -> tuple[int, int]:
+        """The token-count range of a right answer with this binary label."""
         low, high = self.cfg.length_range_normal if label == NORMAL_LABEL else self.cfg.length_range_abnormal
+        return low, high
+
+    def in_range(self, count: int, label: str) -> bool:
+        low, high = self.range_for(label)
         return low <= count <= high
 
     def __call__(self, completions: Sequence[Any], solution: Sequence[str],
