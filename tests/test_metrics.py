@@ -302,6 +302,11 @@ def test_release_text_scores_five_character_rule_by_hand():
     assert release_text_scores(THINK, ANSWER, "cat.") == dict.fromkeys(metrics.TEXT_METRICS, 0.0)
     assert release_text_scores(THINK, ANSWER, "<think>\n<which>cat</which>\n</think>") == dict.fromkeys(
         metrics.TEXT_METRICS, 0.0)  # tags and newlines do not count
+    # Nothing left once tags and newlines are deleted: the release skips the text (None),
+    # it does not score it. Spaces are not deleted, so three of them are kept and score 0.
+    assert release_text_scores(THINK, ANSWER, "\n\n\n") is None
+    assert release_text_scores(THINK, ANSWER, "<think>\n</think>\n<answer></answer>") is None
+    assert release_text_scores(THINK, ANSWER, "   ") == dict.fromkeys(metrics.TEXT_METRICS, 0.0)
     with pytest.raises(ValueError, match="reference"):
         release_text_scores("<think></think>", "<answer>\n</answer>", "something long enough")
 

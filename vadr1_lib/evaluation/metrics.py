@@ -17,9 +17,11 @@ The release's evaluation, exactly (``docs/fidelity.md``, "Evaluation"):
   for the whole video on both sides for normal videos, averaged over every scored video
   (so each correctly classified normal video adds an IoU of 1);
 - text (:func:`release_text_scores`): tags and newlines deleted (words on either side of a
-  newline are glued, as in the release), outputs under 5 characters score 0, lowercased
-  and word-tokenized for single-order sentence BLEU-1..4 without smoothing and NLTK
-  METEOR, original case for ROUGE-1/2/L F-scores from the ``rouge`` package.
+  newline are glued, as in the release), an output left empty skipped (no text figure
+  for that video, so it leaves every text mean's denominator), one of 1 to 4 characters
+  scored 0, lowercased and word-tokenized for single-order sentence BLEU-1..4 without
+  smoothing and NLTK METEOR, original case for ROUGE-1/2/L F-scores from the ``rouge``
+  package.
 
 Strict figures, always labelled ``strict``: temporal IoU over abnormal ground-truth
 videos only, with range-checked spans; cumulative smoothed BLEU-4 on text whose tags
@@ -268,20 +270,27 @@ def release_rouge(reference: str, hypothesis: str) -> dict[str, float]:
     return {"rouge1": scores["rouge-1"]["f"], "rouge2": scores["rouge-2"]["f"], "rougeL": scores["rouge-l"]["f"]}
 
 
-def release_text_scores(think: str, answer: str, output: str) -> dict[str, float]:
-    """Every text figure of one video as the release computes it (``TEXT_METRICS``).
+def release_text_scores(think: str, answer: str, output: str) -> dict[str, float] | None:
+    """Every text figure of one video as the release computes it (``TEXT_METRICS``), or
+    None where the release skips the video's text.
 
     Ground truth: the tag-free think immediately followed by the tag-free answer;
-    prediction: the tag-free output (:func:`release_strip_tags`). A prediction of fewer
-    than ``MIN_SCORED_CHARS`` characters once tags and newlines are gone scores 0
-    everywhere; spaces count as characters, as in the release. BLEU and METEOR see
-    lowercased word tokens (:func:`normalise_text`), ROUGE the text in its original case.
+    prediction: the tag-free output (:func:`release_strip_tags`). The release keeps a
+    prediction only if that string is not empty, so an output of nothing but tags and
+    newlines (an untrained model's blank lines) gets no text figure at all: None, and the
+    video drops out of every text mean, where scoring it 0 would lower them. A kept
+    prediction of fewer than ``MIN_SCORED_CHARS`` characters scores 0 everywhere; spaces
+    count as characters, as in the release, so a prediction of spaces alone is kept and
+    scores 0. BLEU and METEOR see lowercased word tokens (:func:`normalise_text`), ROUGE
+    the text in its original case.
     """
     reference = release_strip_tags(think) + release_strip_tags(answer)
     reference_tokens = normalise_text(reference)
     if not reference_tokens:
         raise ValueError("the reference text is empty once tags are removed")
     hypothesis = release_strip_tags(output)
+    if not hypothesis:
+        return None
     if len(hypothesis) < MIN_SCORED_CHARS:
         return dict.fromkeys(TEXT_METRICS, 0.0)
     hypothesis_tokens = normalise_text(hypothesis)

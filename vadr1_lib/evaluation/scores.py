@@ -7,8 +7,10 @@ Each completion is read twice, because the two sets of figures answer two questi
   are scored (the others are counted in ``missing_predictions``), ``<which>`` and
   ``<when>`` are read with the release's rules (:func:`vadr1_lib.evaluation.parsing.release_reads_normal`,
   :func:`vadr1_lib.evaluation.parsing.release_reads_span`) and the text with
-  :func:`vadr1_lib.evaluation.metrics.release_text_scores`. These are the numbers to set beside the
-  paper's.
+  :func:`vadr1_lib.evaluation.metrics.release_text_scores`. A prediction left empty once tags
+  and newlines are deleted is skipped by the release's text figures alone (counted in
+  ``text.skipped_empty``; ``text.n`` is the number of videos the text means are over) and
+  still scored by detection and temporal. These are the numbers to set beside the paper's.
 - ``strict`` reads each completion once with :func:`vadr1_lib.parsing.parse_completion`,
   the parser the rewards use (whitespace-tolerant ``<which>``, spans checked to lie in
   [0, 1] with start < end), and scores every ground-truth video, a missing prediction as
@@ -117,7 +119,7 @@ class ReleaseScore:
 
     pred_abnormal: bool
     iou: float
-    text: dict[str, float] | None
+    text: dict[str, float] | None  # None without text metrics, or where the release skips an empty prediction
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def _scored(scores: Sequence[VideoScore]) -> list[VideoScore]:
     return scored
 
 
-def _figures(scores: Sequence[VideoScore]) -> dict[str, Any]:
+def _figures(scores: Sequence[VideoScore], text_metrics: bool) -> dict[str, Any]:
     """All figures of a set of scored videos."""
     scored = _scored(scores)
     release = [s.release for s in scored]
@@ -204,8 +206,14 @@ def _figures(scores: Sequence[VideoScore]) -> dict[str, Any]:
     strict_ious = [s.strict_iou for s in scores if s.strict_iou is not None]
     if strict_ious:
         result["strict"]["temporal"] = metrics.temporal_scores(strict_ious)
-    if release[0].text is not None:
-        result["text"] = {name: float(np.mean([r.text[name] for r in release])) for name in metrics.TEXT_METRICS}
+    if text_metrics:
+        # The release averages its text figures over the predictions it kept: an empty
+        # one leaves every mean's denominator, it does not add a 0. With none kept the
+        # means are undefined (None).
+        kept = [r.text for r in release if r.text is not None]
+        result["text"] = {name: float(np.mean([text[name] for text in kept])) if kept else None
+                          for name in metrics.TEXT_METRICS}
+        result["text"].update(n=len(kept), skipped_empty=len(release) - len(kept))
         result["strict"]["bleu4_smoothed"] = float(np.mean([s.strict_bleu4 for s in scores]))
         result["sentence_splitter"] = metrics.sentence_splitter_name()
     return result
@@ -227,9 +235,9 @@ def _resampled_figure(name: str, scores: Sequence[VideoScore]) -> tuple[Callable
     if name == "temporal.miou":
         ious = np.array([s.release.iou for s in scored])
         return (lambda idx: float(np.mean(ious[idx]))), len(scored)
-    if name.startswith("text.") and scored[0].release.text is not None:
-        values = np.array([s.release.text[name.split(".", 1)[1]] for s in scored])
-        return (lambda idx: float(np.mean(values[idx]))), len(scored)
+    if name.startswith("text."):  # over the videos the text figure is over: those with a kept prediction
+        values = np.array([s.release.text[name.split(".", 1)[1]] for s in scored if s.release.text is not None])
+        return ((lambda idx: float(np.mean(values[idx]))), len(values)) if len(values) else None
     return None
 
 
@@ -244,7 +252,7 @@ def evaluate(texts: Mapping[str, str], truth: Sequence[dataset.SFTRecord], *, ma
     if not truth:
         raise ValueError("no ground-truth videos to evaluate")
     scores = score_videos(texts, truth, match_by=match_by, text_metrics=text_metrics)
-    figures = _figures(scores)
+    figures = _figures(scores, text_metrics)
     figures["unmatched_predictions"] = len(set(texts) - {_prediction_key(record, match_by) for record in truth})
     if bootstrap_resamples > 0:
         intervals = {}
