@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,7 @@ def test_release_text_figures_skip_an_empty_prediction_and_keep_a_short_one(tmp_
     # five [a, cat] (1 * 1 * 0.1^2)^(1/4) * e^-2.
     four, five = (5e-4) ** 0.25 * math.exp(-2), 0.01 ** 0.25 * math.exp(-2)
     assert result["strict"]["bleu4_smoothed"] == pytest.approx((1 + 0 + four + five) / 4)
-    # The count is in the JSON of the evaluate command.
+    # The count is printed: in the JSON of the evaluate command and under its table.
     gt = _write_jsonl(tmp_path / "gt.jsonl", [{"source": r.source, "video": r.video, "anomaly_type": r.anomaly_type,
                                                "total_frames": r.total_frames, "path": str(r.path), "think": r.think,
                                                "answer": r.answer} for r in TEXT_TRUTH])
@@ -157,6 +158,10 @@ def test_release_text_figures_skip_an_empty_prediction_and_keep_a_short_one(tmp_
     capsys.readouterr()  # what scoring above printed on the way ("loading WordNet ...")
     assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--json", "--bootstrap", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["text"]["skipped_empty"] == 1
+    assert cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--bootstrap", "0"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"text: empty outputs skipped +1\n", table)
+    assert "pred: 1 empty prediction skipped in BLEU/METEOR/ROUGE (release rule" in table
 
 
 def test_text_figures_are_undefined_when_every_prediction_is_empty():

@@ -21,3 +21,13 @@ def test_the_table_shows_each_model_and_what_rl_changed_with_paired_intervals(pr
     readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nrest\n")
     report.write_readme(ci_profile, readme)
     assert readme.read_text() == f"intro\n{report.START}\n{text}\n{report.END}\nrest\n"
+
+
+def test_the_table_says_how_many_empty_predictions_the_text_figures_skipped(private_runs, ci_profile):
+    base = {**FIGURES, "text": {**FIGURES["text"], "n": 3, "skipped_empty": 117}}
+    sft = {**FIGURES, "text": {**FIGURES["text"], "n": 120, "skipped_empty": 0}}
+    notebook.save_metrics(ci_profile, "05_evaluation", {"models": {"base": base, "SFT": sft}, "test_videos": 120})
+    text = report.results_markdown(ci_profile)
+    assert ("Text figures: base: 117 empty predictions skipped in BLEU/METEOR/ROUGE (release rule; the strict "
+            "BLEU-4 scores them 0).") in text
+    assert "SFT: 0 empty" not in text  # a model that skipped none gets no note

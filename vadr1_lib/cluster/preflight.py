@@ -320,9 +320,12 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
         def evaluate() -> str:
             figures = scores.evaluate_file(predictions["file"], stages.test_records(profile),
                                                            bootstrap_resamples=profile.eval.bootstrap_resamples)
+            meteor = figures["text"]["meteor"]  # None when every prediction was empty
+            skipped = scores.skipped_empty_note(figures)
             return (f"{figures['videos']} videos: accuracy {figures['detection']['accuracy']:.2f}, "
-                    f"mIoU {figures['temporal']['miou']:.2f}, METEOR {figures['text']['meteor']:.3f} "
-                    "(an untrained model: the figures only show that every metric ran)")
+                    f"mIoU {figures['temporal']['miou']:.2f}, METEOR " + ("-" if meteor is None else f"{meteor:.3f}")
+                    + (f"; {skipped}" if skipped else "")
+                    + " (an untrained model: the figures only show that every metric ran)")
 
         for name, work in (("data+model", prepare), ("sft", train_sft), ("grpo+ava" if use_ava else "grpo", train_grpo),
                            ("infer", infer), ("evaluate", evaluate)):

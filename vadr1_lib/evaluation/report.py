@@ -23,7 +23,7 @@ COLUMNS = (("format valid", "format.valid_rate"), ("acc.", "detection.accuracy")
 
 
 def results_markdown(profile: Profile) -> str:
-    from vadr1_lib.evaluation.scores import figure
+    from vadr1_lib.evaluation.scores import figure, skipped_empty_note
 
     evaluation = load_metrics(profile, "05_evaluation")
     if evaluation is None:
@@ -41,6 +41,9 @@ def results_markdown(profile: Profile) -> str:
             interval = (figure(figures, "strict.ci95") or {}).get(key)
             cells.append("–" if value is None else f"{value:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    notes = [f"{model}: {note}" for model, figures in models.items() if (note := skipped_empty_note(figures))]
+    if notes:
+        lines += ["", "Text figures: " + "; ".join(notes) + "."]
     timings = []
     for notebook, label in (("03_sft", "SFT"), ("04_ava_grpo", "GRPO / AVA-GRPO")):
         data = load_metrics(profile, notebook)

@@ -366,9 +366,9 @@ TABLE_ROWS = (
     ("R@0.7", "temporal.r@0.7"), ("accuracy (strict)", "strict.detection.accuracy"),
     ("F1 (strict)", "strict.detection.f1"), ("mIoU (strict)", "strict.temporal.miou"),
     ("category acc. (strict)", "strict.category.accuracy"), ("category macro-F1 (strict)", "strict.category.macro_f1"),
-    ("BLEU-1", "text.bleu1"), ("BLEU-2", "text.bleu2"), ("BLEU-3", "text.bleu3"), ("BLEU-4", "text.bleu4"),
-    ("BLEU-4 smoothed (strict)", "strict.bleu4_smoothed"), ("METEOR", "text.meteor"), ("ROUGE-1", "text.rouge1"),
-    ("ROUGE-2", "text.rouge2"), ("ROUGE-L", "text.rougeL"),
+    ("text: empty outputs skipped", "text.skipped_empty"), ("BLEU-1", "text.bleu1"), ("BLEU-2", "text.bleu2"),
+    ("BLEU-3", "text.bleu3"), ("BLEU-4", "text.bleu4"), ("BLEU-4 smoothed (strict)", "strict.bleu4_smoothed"),
+    ("METEOR", "text.meteor"), ("ROUGE-1", "text.rouge1"), ("ROUGE-2", "text.rouge2"), ("ROUGE-L", "text.rougeL"),
 )
 
 
@@ -391,6 +391,16 @@ def figure(figures: dict[str, Any], dotted: str) -> float | None:
     return figure(figures.get(head), rest) if dot else None
 
 
+def skipped_empty_note(figures: dict[str, Any]) -> str | None:
+    """How many empty predictions the release's text figures skipped, in words; None when
+    they skipped none or were not computed."""
+    skipped = figure(figures, "text.skipped_empty")
+    if not skipped:
+        return None
+    return (f"{skipped} empty prediction{'' if skipped == 1 else 's'} skipped in BLEU/METEOR/ROUGE "
+            "(release rule; the strict BLEU-4 scores them 0)")
+
+
 def _cell(value: float | None, interval: list[float] | None) -> str:
     if value is None:
         return "-"
@@ -408,4 +418,5 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         cells = [_cell(figure(results[name], key), (figure(results[name], "strict.ci95") or {}).get(key))
                  for name in names]
         lines.append(f"{label:28s}" + "".join(f"{cell:>{width + 16}s}" for cell in cells))
+    lines += [f"{name}: {note}" for name in names if (note := skipped_empty_note(results[name]))]
     return "\n".join(lines)
