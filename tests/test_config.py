@@ -9,7 +9,7 @@ def test_every_profile_loads_with_all_sections():
     for name in names:
         profile = config.load_profile(name)
         assert profile.name == name
-        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "train", "sft", "grpo", "eval", "launch", "overrides", "variant"}
+        assert set(profile.to_dict()) == {"name", "description", "data", "video", "model", "pretrain", "train", "sft", "grpo", "eval", "launch", "overrides", "variant"}
 
 
 def test_paper_profile_carries_the_paper_recipe():
@@ -60,7 +60,7 @@ def test_unknown_profile_lists_the_valid_ones():
     ("override", "message"),
     [
         ("sft.max_step=3", r"unknown key 'sft.max_step'.*sft.max_steps"),
-        ("training.lr=1", r"unknown key 'training.lr'.*data, description, eval, grpo, launch, model, sft, train, video"),
+        ("training.lr=1", r"unknown key 'training.lr'.*data, description, eval, grpo, launch, model, pretrain, sft, train, video"),
         ("sft.max_steps=three", "expected int"),
         ("train.gradient_checkpointing=1", "expected bool"),
         ("sft=3", "is a section"),

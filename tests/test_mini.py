@@ -56,31 +56,33 @@ def _frames_digest(root: Path) -> dict[str, str]:
 def test_splits_follow_the_release_schema_and_are_balanced(built, ci_profile):
     data = ci_profile.data
     paths = built.paths
-    sft, test, rl = load_sft(paths.sft_train), load_sft(paths.test), load_rl(paths.rl)
-    assert (len(sft), len(rl), len(test)) == (data.n_sft_train, data.n_rl, data.n_test) == (8, 4, 4)
-    for records in (sft, rl, test):
+    sft, val, test, rl = load_sft(paths.sft_train), load_sft(paths.val), load_sft(paths.test), load_rl(paths.rl)
+    assert (len(sft), len(rl), len(val), len(test)) == (data.n_sft_train, data.n_rl, data.n_val, data.n_test) == \
+        (8, 4, 4, 4)
+    for records in (sft, rl, val, test):
         assert sum(r.is_abnormal for r in records) == len(records) // 2
     assert [r.category for r in sft] == ["Fire", "Normal", "Flooding or Tsunami", "Normal",
                                          "Illegal Parking", "Normal", "Electrical Failures", "Normal"]
     assert [r.solution for r in rl] == ["Abnormal", "Normal", "Abnormal", "Normal"]
-    assert {r.source for r in [*sft, *rl, *test]} == {"Mini"}
-    assert len({r.video for r in [*sft, *rl, *test]}) == 16  # ids are unique across splits
-    for path in (paths.sft_train, paths.rl, paths.test):
+    assert {r.source for r in [*sft, *rl, *val, *test]} == {"Mini"}
+    assert len({r.video for r in [*sft, *rl, *val, *test]}) == 20  # ids are unique across splits
+    for path in (paths.sft_train, paths.rl, paths.val, paths.test):
         for row in _raw_rows(path):
             assert row["path"].startswith("videos/") and not Path(row["path"]).is_absolute()
     for row in _raw_rows(paths.rl):
         assert list(row) == ["source", "video", "anomaly_type", "path", "data_type", "solution"]
-    for record in (*sft, *test):
+    for record in (*sft, *val, *test):
         assert record.total_frames == data.clip_frames
         assert (record.start is None) == (not record.is_abnormal)
     assert built.counts == {split: {"rows": n, "abnormal": n // 2, "normal": n // 2}
-                            for split, n in (("sft_train", 8), ("rl", 4), ("test", 4))}
+                            for split, n in (("sft_train", 8), ("rl", 4), ("val", 4), ("test", 4))}
     assert built.categories["test"] == {"Fire": 1, "Flooding or Tsunami": 1}
 
 
 def test_every_video_exists_with_the_profile_shape(built, ci_profile):
     data = ci_profile.data
-    records = [*load_sft(built.paths.sft_train), *load_rl(built.paths.rl), *load_sft(built.paths.test)]
+    records = [*load_sft(built.paths.sft_train), *load_rl(built.paths.rl), *load_sft(built.paths.val),
+               *load_sft(built.paths.test)]
     for record in records:
         info = read_video_info(record.path)
         assert (info.num_frames, info.width, info.height) == (data.clip_frames, data.frame_width, data.frame_height)
@@ -105,15 +107,19 @@ def test_answers_carry_the_exact_span_and_boxes_cover_it(built):
         assert math.ceil(0.25 * record.total_frames) <= span <= math.floor(0.7 * record.total_frames)
 
 
-def test_test_clips_come_from_later_footage_than_training_clips(built):
+def test_val_and_test_clips_come_from_later_footage_than_training_clips(built):
     boxes = mini.load_boxes(built.paths)
     split_point = int(795 * clips.TRAIN_FRACTION)  # 596 for vtest
     for entry in boxes.values():
         frames = entry["source_frames"]
-        if entry["split"] == "test":
+        if entry["split"] in ("val", "test"):
             assert min(frames) >= split_point
         else:
             assert max(frames) < split_point
+    # The same held-out footage, other clips: val is drawn like test, never as a copy of it.
+    held_out = {split: [(tuple(e["source_frames"]), tuple(e["crop"]), e["category"]) for e in boxes.values()
+                        if e["split"] == split] for split in ("val", "test")}
+    assert held_out["val"] and not set(held_out["val"]) & set(held_out["test"])
     manifest = json.loads(built.paths.manifest.read_text())
     assert manifest["split_points"]["vtest.avi"] == {"train_windows_start": [0, 577], "test_windows_start": [596, 776],
                                                     "frames": 795}

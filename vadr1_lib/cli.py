@@ -119,7 +119,7 @@ def cmd_data_annotate(args: argparse.Namespace) -> int:
         scene = clips.USER_FOOTAGE_SCENE
     else:
         splits = stages.data_splits(profile)
-        rows_file = {"sft_train": splits.sft_train, "test": splits.test}[args.split]
+        rows_file = splits.file(args.split)
         root, scene = None, clips.footage_scene(profile.data.footage)
         boxes = {video: entry["boxes"] for video, entry in mini.load_boxes(rows_file.parent).items()}
     try:
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "or the paper's pipeline on DashScope (key from DASHSCOPE_API_KEY)")
     _add_profile_args(p)
     p.add_argument("--backend", choices=["offline", "dashscope"], default="offline")
-    p.add_argument("--split", choices=["sft_train", "test"], default="sft_train",
+    p.add_argument("--split", choices=["sft_train", "val", "test"], default="sft_train",
                    help="which split of the profile's Vad-Reasoning-Mini (built when missing)")
     p.add_argument("--input", default=None, metavar="FILE",
                    help="your own clips instead: a release-schema JSONL (abnormal rows carry start, end and a box)")

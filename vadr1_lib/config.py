@@ -1,9 +1,9 @@
 """Profiles: one typed schema for every scale the project runs at.
 
 A *profile* is a YAML file in ``configs/profiles/`` whose sections mirror the dataclasses
-below (``data``, ``video``, ``model``, ``sft``, ``grpo``, ``eval``, ``launch``). The same
-schema serves the 2-core CPU run and the 4x A100 run, so a notebook or CLI command never
-branches on "which machine am I on": it reads numbers from the profile.
+below (``data``, ``video``, ``model``, ``pretrain``, ``train``, ``sft``, ``grpo``, ``eval``,
+``launch``). The same schema serves the 2-core CPU run and the 4x A100 run, so a notebook
+or CLI command never branches on "which machine am I on": it reads numbers from the profile.
 
 Why dataclasses and not a free-form dict: a typo in a YAML key or a ``--set`` override
 (``sft.max_step=3``) must fail loudly and list the valid keys, not be silently ignored
@@ -67,6 +67,9 @@ class DataConfig:
     footage: str | None = None  # folder of the user's own normal footage (default: OpenCV's vtest.avi)
     n_sft_train: int = 200
     n_rl: int = 100
+    # Mini's validation split: clips drawn like the test split's (the held-out part of the
+    # footage) but other clips. Settings are chosen on it; the test split is scored once.
+    n_val: int = 0
     n_test: int = 60
     clip_frames: int = 32  # frames per generated clip
     clip_fps: float = 4.0  # frame rate of the generated clips
@@ -114,6 +117,27 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
+    seed: int = 0
+
+
+@dataclass
+class PretrainConfig:
+    """Text-only next-token training of the tiny model before SFT (``vadr1_lib.training.pretrain``):
+    the stand-in for the reading a Hub model has done. Hub models skip it."""
+
+    corpus_texts: int = 0  # texts in the corpus (vadr1_lib.data.corpus); 0: no pretraining
+    corpus: str = "template"  # template: whole P2C-CoT targets; language: the same words without tags
+    learning_rate: float = 3e-3
+    num_train_epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides epochs
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 5.0
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.08
+    weight_decay: float = 0.01
+    logging_steps: int = 5
+    save_steps: int = 100
     seed: int = 0
 
 
@@ -180,6 +204,12 @@ class GRPOConfig:
     ava_abnormal_bonus: float = 0.5
     ava_normal_penalty: float = -0.2
     ava_trim_fraction: float = 0.3
+    # Who gets the verification bonus: "paper" (any Abnormal answer whose cut leaves a Normal
+    # answer) or "label" (only where the RL set's weak label is Abnormal: no false alarm is paid).
+    ava_rule: str = "paper"
+    # Where a re-query's verdict is read: "which" (its <which>) or "deciding-token" (the first
+    # words that commit to a verdict, learnt from the SFT targets; for templates like Mini's).
+    ava_verdict: str = "which"
     length_bonus: float = 0.2
     length_range_normal: list[int] = field(default_factory=lambda: [140, 261])
     length_range_abnormal: list[int] = field(default_factory=lambda: [233, 456])
@@ -221,6 +251,7 @@ class Profile:
     data: DataConfig = field(default_factory=DataConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -249,8 +280,13 @@ class Profile:
         return self.run_dir / "metrics"
 
     @property
+    def tiny_init_dir(self) -> Path:
+        """``runs/<profile>/tiny-init/``: the tiny model as built, random weights (``model.name_or_path: tiny``)."""
+        return self.run_dir / "tiny-init"
+
+    @property
     def base_model_dir(self) -> Path:
-        """``runs/<profile>/base-model/``: where the tiny model is built (``model.name_or_path: tiny``)."""
+        """``runs/<profile>/base-model/``: the tiny model after its text pretraining, the start of SFT."""
         return self.run_dir / "base-model"
 
 
@@ -386,7 +422,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 COMPARE_KEYS = (
-    "model.name_or_path", "model.tiny.hidden_size", "model.dtype", "data.dataset", "data.n_sft_train",
+    "model.name_or_path", "model.tiny.hidden_size", "model.dtype", "pretrain.corpus_texts", "data.dataset",
+    "data.n_sft_train",
     "video.max_frames", "video.max_pixels", "train.mode", "sft.learning_rate", "sft.max_steps", "sft.num_train_epochs",
     "grpo.num_generations", "grpo.beta", "grpo.max_completion_length", "launch.num_processes", "launch.device",
 )
@@ -407,12 +444,12 @@ def applies(profile: Profile, dotted_key: str) -> bool:
     model is the tiny one, Mini's sizes only on Mini, a stage's epochs only when no step
     count overrides them (a 7B profile does not train on Mini's 200 videos)."""
     section, _, name = dotted_key.partition(".")
-    if dotted_key.startswith("model.tiny."):
+    if dotted_key.startswith(("model.tiny.", "pretrain.")):
         return profile.model.name_or_path == "tiny"
     if section == "data" and name not in ("dataset", "seed"):
         mini_only = name.startswith(("n_", "clip_", "frame_", "footage"))
         return (profile.data.dataset == "mini") == mini_only
-    if section in ("sft", "grpo") and name in ("max_steps", "num_train_epochs"):
+    if section in ("pretrain", "sft", "grpo") and name in ("max_steps", "num_train_epochs"):
         steps = getattr(profile, section).max_steps
         return steps > 0 if name == "max_steps" else steps <= 0
     return True

@@ -17,19 +17,27 @@ from typing import Any
 from vadr1_lib import paths
 from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
-from vadr1_lib.data import dataset
+from vadr1_lib.data import corpus, dataset
 from vadr1_lib.model import modeling
 from vadr1_lib.training.common import StageMarker, model_identity
 
 
 @dataclass(frozen=True)
 class Splits:
-    """The three release-format files of a profile's dataset and where their videos are."""
+    """The release-format files of a profile's dataset and where their videos are."""
 
     sft_train: Path
     rl: Path
+    val: Path | None  # None: the dataset has no validation split (the release)
     test: Path
     video_root: Path | None  # None: paths resolve against each file's folder
+
+    def file(self, split: str) -> Path:
+        """The file of ``split`` ("sft_train", "rl", "val" or "test")."""
+        path = getattr(self, split, None) if split in ("sft_train", "rl", "val", "test") else None
+        if path is None:
+            raise ValueError(f"this dataset has no {split!r} split")
+        return path
 
 
 def data_splits(profile: Profile) -> Splits:
@@ -38,37 +46,72 @@ def data_splits(profile: Profile) -> Splits:
         from vadr1_lib.data import mini
 
         built = mini.ensure_dataset(profile)
-        return Splits(built.sft_train, built.rl, built.test, None)
+        return Splits(built.sft_train, built.rl, built.val, built.test, None)
     if profile.data.dataset == "release":
         folder = Path(profile.data.release_dir) if profile.data.release_dir else paths.release_dir()
         root = Path(profile.data.video_root) if profile.data.video_root else None
         if root is not None and not root.is_absolute():
             root = paths.data_dir() / root  # beside the other data, wherever VADR1_DATA puts it
-        return Splits(folder / paths.RELEASE_SFT_FILE, folder / paths.RELEASE_RL_FILE,
+        return Splits(folder / paths.RELEASE_SFT_FILE, folder / paths.RELEASE_RL_FILE, None,
                       folder / paths.RELEASE_TEST_FILE, root)
     raise ValueError(f"data.dataset must be 'mini' or 'release', got {profile.data.dataset!r}")
 
 
-def ensure_base_model(profile: Profile) -> str:
-    """The profile's starting checkpoint: a hub id / folder, or the tiny model built here.
-
-    The tiny model's vocabulary is Qwen2.5's BPE restricted to the texts it will read and
-    write, so it is built from the profile's training targets (the dataset is built first
-    when missing) and the prompts. Test answers stay out so the vocabulary does not peek.
-    """
-    if profile.model.name_or_path != "tiny":
-        return profile.model.name_or_path
+def pretraining_corpus(profile: Profile) -> list[corpus.Reply]:
+    """The tiny model's pretraining texts (:mod:`vadr1_lib.data.corpus`), none of them the text
+    written for a clip of the profile's dataset, nor an abnormal clip's answer (any split: a
+    test answer is never read before the test)."""
+    if profile.pretrain.corpus_texts <= 0:
+        return []
     splits = data_splits(profile)
-    corpus = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
-    identity = modeling.tiny_model_identity(profile.model, corpus)
-    for out in (profile.base_model_dir, _profile_own(profile, profile.base_model_dir)):
+    records = [record for split in (splits.sft_train, splits.val, splits.test) if split is not None and split.is_file()
+               for record in dataset.load_sft(split, video_root=splits.video_root)]
+    written = [record.target_text for record in records] + [record.answer for record in records if record.is_abnormal]
+    return corpus.profile_corpus(profile, written)
+
+
+def ensure_tiny_init(profile: Profile) -> str:
+    """The tiny model as built, random weights, in ``runs/<profile>/tiny-init/`` (reused when
+    its sizes and vocabulary are the same).
+
+    Its vocabulary is Qwen2.5's BPE restricted to the texts it will read and write: the
+    profile's training targets (the dataset is built first when missing), the prompts and
+    the pretraining corpus. Test answers stay out so the vocabulary does not peek.
+    """
+    splits = data_splits(profile)
+    texts = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
+    texts += [reply.text for reply in pretraining_corpus(profile)]
+    identity = modeling.tiny_model_identity(profile.model, texts)
+    for out in (profile.tiny_init_dir, _profile_own(profile, profile.tiny_init_dir)):
         info = modeling.tiny_model_info(out)
         if info is not None and info.get("identity") == identity and (out / "model.safetensors").is_file():
             return str(out)
-    print(f"building the tiny Qwen2.5-VL in {profile.base_model_dir} (its vocabulary from {len(corpus)} training "
-          "targets and the prompts) ...", flush=True)
-    modeling.build_tiny_model(profile, profile.base_model_dir, corpus)
-    return str(profile.base_model_dir)
+    print(f"building the tiny Qwen2.5-VL in {profile.tiny_init_dir} (its vocabulary from {len(texts)} texts: "
+          "the training targets, the pretraining corpus and the prompts) ...", flush=True)
+    modeling.build_tiny_model(profile, profile.tiny_init_dir, texts)
+    return str(profile.tiny_init_dir)
+
+
+def ensure_base_model(profile: Profile) -> str:
+    """The profile's starting checkpoint: a Hub id / folder, or the tiny model built and
+    pretrained here (``runs/<profile>/base-model/``; the random one when ``pretrain.corpus_texts``
+    is 0)."""
+    if profile.model.name_or_path != "tiny":
+        return profile.model.name_or_path
+    from vadr1_lib.training import pretrain
+
+    init = ensure_tiny_init(profile)
+    if profile.pretrain.corpus_texts <= 0:
+        return init
+    texts = pretraining_corpus(profile)
+    out = pretrain.stage_dir(profile)
+    fingerprint = pretrain.fingerprint(profile, init, texts)
+
+    def train() -> dict[str, Any]:
+        print(f"pretraining the tiny model on {len(texts)} texts ({profile.pretrain.corpus} corpus) ...", flush=True)
+        return pretrain.train(profile, init, texts, output_dir=out).record(profile, init, fingerprint)
+
+    return str(_ensure_stage(profile, None, "pretraining", out, fingerprint, [], train, dry_run=False))
 
 
 def _profile_own(profile: Profile, folder: Path) -> Path:
@@ -89,13 +132,13 @@ def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = No
                                                       *[f"--set={o}" for o in profile.overrides]])
 
 
-def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerprint: str, cli_args: list[str],
+def _ensure_stage(profile: Profile, stage: str | None, label: str, out: Path, fingerprint: str, cli_args: list[str],
                   train: Callable[[], dict[str, Any]], dry_run: bool) -> Path:
     """Shared life cycle of a training stage: reuse a finished result with the same
     fingerprint; otherwise run ``python -m vadr1_lib <stage>`` under ``accelerate launch``
-    (multi-process profiles) or train in this process, discarding a stale partial result
-    first, and mark the result finished with the record ``train`` returns. ``dry_run``
-    prints what would run instead."""
+    (multi-process profiles; ``stage`` None: always in this process) or train in this
+    process, discarding a stale partial result first, and mark the result finished with the
+    record ``train`` returns. ``dry_run`` prints what would run instead."""
     marker = StageMarker(out)
     if marker.finished_with(fingerprint):
         return out
@@ -103,7 +146,7 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     if own != out and StageMarker(own).finished_with(fingerprint):
         print(f"{label}: the profile's own result has the same settings; using {own}")
         return own
-    command = launch_command(profile, stage, cli_args)
+    command = launch_command(profile, stage, cli_args) if stage is not None else None
     if command is not None:
         if dry_run:
             print(launch.format_command(command))
@@ -141,8 +184,9 @@ def ensure_sft(profile: Profile, *, dry_run: bool = False) -> Path:
 
 
 def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_kind: str = "p2c",
-                       loaded: tuple | None = None) -> Path:
-    """Predictions of one model on the profile's test split, ``runs/<profile>/predictions/<label>-<kind>.jsonl``.
+                       loaded: tuple | None = None, split: str = "test") -> Path:
+    """Predictions of one model on the profile's test split (or ``split="val"``),
+    ``runs/<profile>/predictions/<label>-<kind>.jsonl`` (``<label>-<kind>-val.jsonl``).
 
     Resumes an interrupted file; starts over when the model behind ``label`` changed.
     """
@@ -151,7 +195,8 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     from vadr1_lib.evaluation import inference
 
     splits = data_splits(profile)
-    out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}.jsonl"
+    suffix = "" if split == "test" else f"-{split}"
+    out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}{suffix}.jsonl"
     meta = out.with_suffix(".meta.json")
     identity = {"model": model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
                 "video": asdict(profile.video)}
@@ -160,15 +205,15 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     out.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text(json.dumps(identity, indent=2))
     limit = profile.eval.max_test_videos if profile.eval.max_test_videos > 0 else None
-    inference.predict_split(model_path, splits.test, out, profile, prompt_kind=prompt_kind,
+    inference.predict_split(model_path, splits.file(split), out, profile, prompt_kind=prompt_kind,
                             video_root=splits.video_root, limit=limit, loaded=loaded)
     return out
 
 
-def test_records(profile: Profile) -> list[dataset.SFTRecord]:
-    """The test split's ground truth, cut to ``eval.max_test_videos`` when that is set."""
+def test_records(profile: Profile, split: str = "test") -> list[dataset.SFTRecord]:
+    """The test split's (or ``split``'s) ground truth, cut to ``eval.max_test_videos`` when that is set."""
     splits = data_splits(profile)
-    records = dataset.load_sft(splits.test, video_root=splits.video_root)
+    records = dataset.load_sft(splits.file(split), video_root=splits.video_root)
     return records[: profile.eval.max_test_videos] if profile.eval.max_test_videos > 0 else records
 
 
@@ -187,7 +232,8 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
     fingerprint = grpo.fingerprint(profile, start, splits.rl, use_ava=use_ava)
 
     def train() -> dict[str, Any]:
-        result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root)
+        result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root,
+                            sft_file=splits.sft_train)
         return result.record(profile, start, fingerprint)
 
     return _ensure_stage(profile, "grpo", "AVA-GRPO" if use_ava else "GRPO", out, fingerprint,

@@ -13,7 +13,9 @@ Each split is balanced: even-numbered clips are abnormal, with categories taken
 round-robin over :data:`vadr1_lib.data.drawing.DRAWN_CATEGORIES` (drawn by
 :mod:`vadr1_lib.data.drawing`), odd-numbered clips are normal. Clips are windows of the
 footage (:mod:`vadr1_lib.data.clips`): SFT and RL clips from the first 75% of each video,
-test clips from the rest, so the test split measures generalisation to unseen footage.
+val and test clips from the rest, so the test split measures generalisation to unseen
+footage and the val split, on which settings are chosen, is drawn the same way (other
+windows, crops and anomalies of the same held-out footage: there is one camera).
 
 Determinism
 -----------
@@ -24,7 +26,7 @@ same seed gives byte-identical JSONL files and identical decoded frames, and cha
 
 Output (``data/vad-reasoning-mini/<profile>/`` by default)::
 
-    sft_train.jsonl  rl.jsonl  test.jsonl   release schema; `path` relative to the root
+    sft_train.jsonl  rl.jsonl  val.jsonl  test.jsonl   release schema; `path` relative to the root
     videos/<split>/<index>_<category>.mp4
     boxes.json       video id -> split, path, category, span, per-frame boxes, source window
     manifest.json    build parameters and footage identity (the cache key), counts, timing
@@ -72,10 +74,11 @@ from vadr1_lib.progress import TextProgress
 
 # Bump when drawing, sampling or annotation changes what a build produces: it is part of
 # the cache key, so datasets built by older code are rebuilt instead of silently reused.
-GENERATOR_VERSION = 2  # 2: shorter annotations, one shared step 1
+GENERATOR_VERSION = 3  # 2: shorter annotations, one shared step 1; 3: the val split, no "small" fire
 
-SPLITS: tuple[str, ...] = ("sft_train", "rl", "test")
-_SPLIT_CODES = {"sft_train": 0, "rl": 1, "test": 2}
+SPLITS: tuple[str, ...] = ("sft_train", "rl", "val", "test")
+_SPLIT_CODES = {"sft_train": 0, "rl": 1, "test": 2, "val": 3}
+HELD_OUT_SPLITS = ("val", "test")  # drawn from the footage that SFT and RL never see
 
 SOURCE_NAME = "Mini"
 
@@ -102,6 +105,10 @@ class DatasetPaths:
     @property
     def rl(self) -> Path:
         return self.root / "rl.jsonl"
+
+    @property
+    def val(self) -> Path:
+        return self.root / "val.jsonl"
 
     @property
     def test(self) -> Path:
@@ -180,7 +187,7 @@ def _category_of(index: int) -> str:
 
 def _plan(split: str, index: int, footage: Sequence[Footage], profile: Profile, rng: np.random.Generator) -> _Plan:
     """Pick the footage video and window of one clip (first draws of its generator)."""
-    ranges = [f.test_starts if split == "test" else f.train_starts for f in footage]
+    ranges = [f.test_starts if split in HELD_OUT_SPLITS else f.train_starts for f in footage]
     weights = np.array([high - low + 1 for low, high in ranges], np.float64)
     chosen = int(rng.choice(len(footage), p=weights / weights.sum())) if len(footage) > 1 else 0
     low, high = ranges[chosen]
@@ -192,7 +199,7 @@ def _plan(split: str, index: int, footage: Sequence[Footage], profile: Profile, 
 
 def _split_sizes(profile: Profile) -> dict[str, int]:
     data = profile.data
-    return {"sft_train": data.n_sft_train, "rl": data.n_rl, "test": data.n_test}
+    return {"sft_train": data.n_sft_train, "rl": data.n_rl, "val": data.n_val, "test": data.n_test}
 
 
 def _check_parameters(profile: Profile) -> None:
@@ -216,7 +223,7 @@ def _cache_key(profile: Profile, footage: Sequence[Footage]) -> dict[str, Any]:
         "library_version": vadr1_lib.__version__,
         "annotator": repr(OfflineAnnotator(data.seed)),
         **{name: getattr(data, name) for name in
-           ("n_sft_train", "n_rl", "n_test", "clip_frames", "clip_fps", "frame_width", "frame_height", "seed")},
+           ("n_sft_train", "n_rl", "n_val", "n_test", "clip_frames", "clip_fps", "frame_width", "frame_height", "seed")},
         "footage": [{"name": f.name, "size": f.info.path.stat().st_size, "md5": md5(f.info.path)} for f in footage],
     }
 

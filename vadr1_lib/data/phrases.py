@@ -34,7 +34,7 @@ PHRASES: dict[str, CategoryPhrases] = {
     "Fire": CategoryPhrases(
         events=(
             "flames and smoke rise from a spot on the path",
-            "a small fire burns on the paved path",
+            "a fire burns on the paved path",
             "a fire flares up on the walkway",
         ),
         whys=("an open fire on a walkway is a clear safety hazard", "fire has no place on a pedestrian path"),
