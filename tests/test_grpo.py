@@ -145,7 +145,8 @@ def test_ava_batches_its_queries_through_the_trainer_model(trained, ci, monkeypa
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(model, "generate", counting_generate)
-    ava = rewards.AnomalyVerificationReward(lambda: trainer, processor, profile, seed=0)
+    ava = rewards.AnomalyVerificationReward(lambda: trainer, processor, profile, seed=0,
+                                            reference_targets=grpo.verdict_reference(profile, splits.sft_train))
     values = ava([ABNORMAL_OK, NORMAL_OK, NORMAL_OK, "junk"], solution=["Abnormal", "Normal", "Normal", "Normal"],
                  video_path=[path] * 4)
     assert seen_modes == [False]  # one batched call, in eval mode
@@ -162,7 +163,8 @@ def test_ensure_grpo_trains_once_saves_a_loadable_model_and_the_cli_reuses_it(ci
     marker = StageMarker(out).read()
     assert marker["stage"] == "ava-grpo" and marker["global_step"] == 1 and marker["start_model"] == str(start)
     assert set(marker["reward_curves"]) == {"reward", "rewards/accuracy_reward/mean", "rewards/format_reward/mean",
-                                            "rewards/length_reward/mean", "rewards/ava_reward/mean"}
+                                            "rewards/length_reward/mean", "rewards/ava_reward/mean", "kl",
+                                            "completions/mean_length", "frac_reward_zero_std"}
     assert len(marker["ava_history"]) == 1 and marker["mean_step_seconds"] > 0
     model, _ = modeling.load_model_and_processor(out, profile)
     assert isinstance(model, torch.nn.Module)
@@ -220,7 +222,8 @@ def test_the_loss_computed_by_hand_is_the_loss_that_trained(ci, tmp_path, monkey
     # Two groups of four: TRL's shuffle of 8 rollouts is all but never the identity.
     profile = load_profile(profile.name, [*profile.overrides, "grpo.per_device_train_batch_size=8",
                                           "grpo.num_generations=4"])
-    seen = grpo.inspect_first_batch(profile, start, splits.rl, tmp_path, use_ava=True, video_root=splits.video_root)
+    seen = grpo.inspect_first_batch(profile, start, splits.rl, tmp_path, use_ava=True, video_root=splits.video_root,
+                                    sft_file=splits.sft_train)
     assert seen["reward_names"] == ["varied_reward", "format_reward", "length_reward", "ava_reward"]
     total = (seen["rewards_per_func"] * seen["reward_weights"]).nansum(dim=1)
     by_hand = grpo.group_advantages(total, seen["num_generations"])[seen["positions"]]
@@ -259,3 +262,13 @@ def test_reward_weights_name_every_reward_and_drop_avas_without_ava() -> None:
     assert grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": None}), use_ava=True) is None  # 1 each
     with pytest.raises(ValueError, match="one weight per reward"):
         grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": [1.0, 1.0]}), use_ava=True)
+
+
+def test_an_ava_setting_changes_the_ava_grpo_fingerprint_only(ci) -> None:
+    """An exercise that tries the other AVA rule retrains AVA-GRPO, not plain GRPO too."""
+    profile, start, splits = ci
+    other = load_profile(profile.name, [*profile.overrides, "grpo.ava_rule=label", "grpo.reward_weights=[2.0, 2.0, 1.0, 3.0]"])
+    assert grpo.fingerprint(other, start, splits.rl, use_ava=False) == grpo.fingerprint(profile, start, splits.rl, use_ava=False)
+    assert grpo.fingerprint(other, start, splits.rl, use_ava=True) != grpo.fingerprint(profile, start, splits.rl, use_ava=True)
+    tuned = load_profile(profile.name, [*profile.overrides, "grpo.learning_rate=3e-4"])
+    assert grpo.fingerprint(tuned, start, splits.rl, use_ava=False) != grpo.fingerprint(profile, start, splits.rl, use_ava=False)

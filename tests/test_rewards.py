@@ -197,8 +197,10 @@ def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos, ci_profile) -> No
         ("Normal", NORMAL_OK, ABNORMAL_OK, -0.2),  # flips under a harmless cut, earned acc + format
         ("Normal", NORMAL_OK, NORMAL_OK, 0.0),
         ("Abnormal", NORMAL_OK, "<which>Fighting</which>", -0.2),  # wrong, but format earned
-        ("Abnormal", "garbage", None, 0.0),  # nothing earned: not re-queried
-        ("Abnormal", ABNORMAL_NO_SPAN, ABNORMAL_OK, -0.2),  # no span -> head/tail branch; accuracy earned
+        ("Abnormal", "garbage", None, 0.0),  # no verdict to check: not re-queried
+        # Abnormal without a span: not re-asked, as in the release (its -0.2 needs an answer that said
+        # Normal). The old rule sent it down the Normal branch and took 0.2 when the verifier agreed.
+        ("Abnormal", ABNORMAL_NO_SPAN, None, 0.0),
         ("Normal", NORMAL_OK, "no answer at all", 0.0),  # a re-answer without <which> says nothing
         ("Abnormal", abnormal(span=(0.0, 1.0)), None, 0.0),  # the span covers every frame: untrimmable
     ]
@@ -209,19 +211,19 @@ def test_ava_rewards_each_rollout_on_its_own_answer(ci_videos, ci_profile) -> No
               video_path=[paths[i % len(paths)] for i in range(len(cases))],
               log_metric=logged.__setitem__)
     assert got == [c[3] for c in cases]
-    assert len(model.calls) == 1 and len(model.calls[0]) == 7  # one batched call for every re-query
+    assert len(model.calls) == 1 and len(model.calls[0]) == 6  # one batched call for every re-query
     record = ava.history[-1]
-    assert record["branches"] == ["abnormal", "abnormal", "normal", "normal", "normal", "normal-skipped", "normal",
-                                  "normal", "abnormal-untrimmable"]
+    assert record["branches"] == ["abnormal", "abnormal", "normal", "normal", "normal", "no-verdict",
+                                  "abnormal-no-span", "normal", "abnormal-untrimmable"]
     assert (record["queries"], record["flips"], record["bonus"], record["penalty"], record["untrimmable"]) == \
-        (7, 3, 1, 3, 1)
-    assert ava.flip_rate == pytest.approx(3 / 7)
-    assert logged == {"ava/queries": 7.0, "ava/flip_rate": pytest.approx(3 / 7)}
+        (6, 3, 1, 2, 1)
+    assert ava.flip_rate == pytest.approx(3 / 6)
+    assert logged == {"ava/queries": 6.0, "ava/flip_rate": pytest.approx(3 / 6)}
     first = record["checks"][0]  # what a notebook draws: the frames the verifier saw and its answer
     assert (first["rollout"], first["answer"], first["flipped"]) == (0, NORMAL_OK, True)
     assert first["kept_frames"] == [int(i) for i in model.calls[0][0].indices]
     assert first["cut"] == parsing.parse_completion(ABNORMAL_OK).span
-    assert [check["rollout"] for check in record["checks"]] == [0, 1, 2, 3, 4, 6, 7]
+    assert [check["rollout"] for check in record["checks"]] == [0, 1, 2, 3, 4, 7]
 
 
 def test_ava_trims_the_claimed_span_and_a_head_or_tail(ci_videos, ci_profile) -> None:
@@ -287,3 +289,75 @@ def test_flip_rates_are_split_by_branch_and_by_whether_the_rollout_was_right(ci_
         "normal, right rollout": {"queries": 1, "flip_rate": 0.0},
         "normal, wrong rollout": {"queries": 1, "flip_rate": 0.0},
     }
+
+
+def test_the_label_rule_pays_no_false_alarm_and_does_not_ask(ci_videos, ci_profile) -> None:
+    """An Abnormal claim on a Normal-labelled video, whose cut leaves a normal video: the paper's
+    rule pays +0.5 when the verifier answers Normal; the label rule pays nothing and asks nothing."""
+    paths, _ = ci_videos
+    claims = [ABNORMAL_OK, ABNORMAL_OK]
+    labels = ["Normal", "Abnormal"]  # a false alarm, then a right claim
+    paid = {}
+    for rule in ("paper", "label"):
+        profile = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, ava_rule=rule))
+        model = ScriptedModel([NORMAL_OK, NORMAL_OK])
+        ava = rewards.AnomalyVerificationReward(None, None, profile, seed=0, generate_fn=model)
+        paid[rule] = ava(claims, solution=labels, video_path=paths[:2])
+        paid[rule + " queries"] = len(model.calls[0])
+        paid[rule + " branches"] = ava.history[-1]["branches"]
+    assert paid["paper"] == [0.5, 0.5] and paid["paper queries"] == 2
+    assert paid["label"] == [0.0, 0.5] and paid["label queries"] == 1
+    assert paid["label branches"] == ["abnormal-unpaid", "abnormal"]
+
+
+def test_an_unknown_ava_rule_or_verdict_reading_is_refused(ci_profile) -> None:
+    for field, value in (("ava_rule", "generous"), ("ava_verdict", "vibes")):
+        profile = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, **{field: value}))
+        with pytest.raises(ValueError, match=field):
+            rewards.AnomalyVerificationReward(None, None, profile, generate_fn=ScriptedModel([]))
+    deciding = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, ava_verdict="deciding-token"))
+    with pytest.raises(ValueError, match="SFT targets"):
+        rewards.AnomalyVerificationReward(lambda: None, None, deciding)
+
+
+MINI_STEP1 = "<think><step1>The video shows a campus path.</step1>  \n<step2>"
+MINI_TARGETS = [(MINI_STEP1 + "Nothing unusual happens.</step2></think>\n<answer><which>Normal</which></answer>", False),
+                (MINI_STEP1 + "At 2.0 s, a fire burns.</step2></think>\n<answer><which>Fire</which></answer>", True),
+                (MINI_STEP1 + "From 1.0 s to 3.0 s, water spreads.</step2></think>\n<answer><which>Flooding or "
+                 "Tsunami</which></answer>", True)]
+
+
+@pytest.mark.parametrize(("answer", "reading"), [
+    # The first words of step 2 commit to a verdict.
+    (MINI_STEP1 + "Nothing", "Normal"),
+    (MINI_STEP1 + "At", "Abnormal"),
+    (MINI_STEP1 + "From 1", "Abnormal"),
+    # Not yet decided: the shared first step.
+    (MINI_STEP1, None),
+    ("<think><step1>The video", None),
+    # Text that leaves every target decides nothing until its <which> is closed.
+    ("<think><step1>A parking lot.</step1>", None),
+    ("<think><step1>A parking lot.</step1></think><answer><which>Normal</which>", "Normal"),
+    ("<think><step1>A parking lot.</step1></think><answer><which>Fire</which>", "Abnormal"),
+    ("<answer><which>Fire", None),  # an unclosed <which> says nothing yet
+])
+def test_a_cut_short_re_query_reads_its_verdict(answer, reading) -> None:
+    assert rewards.VerdictReader(MINI_TARGETS)(answer) == reading
+    assert rewards.VerdictReader()(answer) == (reading if "</which>" in answer else None)  # <which> only
+
+
+def test_every_beginning_of_an_answer_reads_its_whole_answers_verdict_or_none() -> None:
+    """A re-query stopped anywhere never reads another verdict than its whole answer's <which>,
+    and each answer is decided at the first word of its step 2, long before its <which>."""
+    reader, which_only = rewards.VerdictReader(MINI_TARGETS), rewards.VerdictReader()
+    for text, _ in MINI_TARGETS:
+        whole = which_only(text)
+        readings = [reader(text[:end]) for end in range(len(text) + 1)]
+        assert set(readings) <= {None, whole}
+        decided_at = readings.index(whole)
+        assert decided_at == len(MINI_STEP1) + 1 < text.index("<which>")
+
+
+def test_reading_at_the_first_words_needs_both_verdicts() -> None:
+    with pytest.raises(ValueError, match="both verdicts"):
+        rewards.VerdictReader(MINI_TARGETS[1:])

@@ -252,16 +252,29 @@ def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
     return profile.run_dir / ("ava-grpo" if use_ava else "grpo")
 
 
+AVA_ONLY_FIELDS = ("use_ava", "ava_abnormal_bonus", "ava_normal_penalty", "ava_trim_fraction", "ava_rule", "ava_verdict")
+
+
 def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool) -> str:
-    """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint)."""
+    """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint).
+
+    Plain GRPO leaves out what only AVA reads (its fields, its reward weight), so that trying
+    another AVA setting retrains AVA-GRPO alone."""
+    settings = asdict(profile.grpo)
+    settings["reward_weights"] = reward_weights(profile, use_ava=use_ava)
+    if not use_ava:
+        settings = {key: value for key, value in settings.items() if key not in AVA_ONLY_FIELDS}
     blob = json.dumps({"start": common.model_identity(start_model),
                        "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
-                       "model": asdict(profile.model), "video": asdict(profile.video), "grpo": asdict(profile.grpo),
+                       "model": asdict(profile.model), "video": asdict(profile.video), "grpo": settings,
                        "train_settings": asdict(profile.train)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of reward_functions and grpo.reward_weights
+# TRL's per-step logs kept beside the rewards: the total reward, the KL to the reference, the mean
+# completion length, the share of groups with no reward spread (whose advantages are all 0).
+TRAINING_CURVES = ("reward", "kl", "completions/mean_length", "frac_reward_zero_std")
 
 
 def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, use_ava: bool = True) -> trl.GRPOConfig:
@@ -339,32 +352,47 @@ class GRPOResult:
         }
 
     def reward_curves(self) -> dict[str, list[float]]:
-        """Mean reward per logged step for each reward function, and the total."""
+        """Per logged step: the mean of each reward function and of the total, the KL to the
+        reference, the mean completion length and the share of groups whose rewards were all
+        equal (:data:`TRAINING_CURVES`): what moves during RL, and what it costs."""
         curves: dict[str, list[float]] = {}
         for entry in self.log_history:
             for key, value in entry.items():
-                if key == "reward" or (key.startswith("rewards/") and key.endswith("/mean")):
+                if key in TRAINING_CURVES or (key.startswith("rewards/") and key.endswith("/mean")):
                     curves.setdefault(key, []).append(value)
         return curves
 
 
-def reward_functions(profile: Profile, processor: Any, trainer_getter: Any, *, use_ava: bool) -> list[Any]:
-    """Accuracy, format and length (and AVA), all with weight 1 as in the release."""
+def verdict_reference(profile: Profile, sft_file: Path | None, video_root: Path | None = None
+                      ) -> list[tuple[str, bool]]:
+    """The SFT targets (text, is_abnormal) that show where a verdict is decided, when AVA reads
+    its re-query's verdict there (``grpo.ava_verdict: deciding-token``); else none."""
+    if sft_file is None or profile.grpo.ava_verdict != "deciding-token":
+        return []
+    return [(r.target_text, r.is_abnormal) for r in dataset.load_sft(sft_file, video_root=video_root)]
+
+
+def reward_functions(profile: Profile, processor: Any, trainer_getter: Any, *, use_ava: bool,
+                     reference: list[tuple[str, bool]] = ()) -> list[Any]:
+    """Accuracy, format and length (and AVA), in the order of :data:`REWARD_NAMES`; ``reference``
+    (:func:`verdict_reference`) shows AVA where a verdict is decided."""
     funcs: list[Any] = [rewards.accuracy_reward, rewards.format_reward,
                         rewards.LengthReward(profile.grpo, processor.tokenizer)]
     if use_ava:
-        funcs.append(rewards.AnomalyVerificationReward(trainer_getter, processor, profile, profile.grpo.seed))
+        funcs.append(rewards.AnomalyVerificationReward(trainer_getter, processor, profile, profile.grpo.seed,
+                                                       reference_targets=reference))
     return funcs
 
 
 def build_trainer(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool, checkpoints: Path,
-                  video_root: Path | None = None) -> tuple[VideoGRPOTrainer, Any]:
+                  video_root: Path | None = None, sft_file: Path | None = None) -> tuple[VideoGRPOTrainer, Any]:
     """The trainer :func:`train` runs, and its processor: the model in the profile's mode, the
     rewards, the video-aware RL dataset."""
     records = dataset.load_rl(rl_file, video_root=video_root)
     model, processor = modeling.load_for_training(str(start_model), profile)
     trainer: VideoGRPOTrainer | None = None
-    funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava)
+    funcs = reward_functions(profile, processor, lambda: trainer, use_ava=use_ava,
+                             reference=verdict_reference(profile, sft_file, video_root))
     trainer = VideoGRPOTrainer(model=model, reward_funcs=funcs,
                                args=training_arguments(profile, checkpoints, processor, use_ava=use_ava),
                                train_dataset=rl_dataset(records, profile), processing_class=processor)
@@ -372,14 +400,14 @@ def build_trainer(profile: Profile, start_model: str | Path, rl_file: Path, *, u
 
 
 def inspect_first_batch(profile: Profile, start_model: str | Path, rl_file: Path, scratch: Path, *, use_ava: bool,
-                        video_root: Path | None = None) -> dict[str, Any]:
+                        video_root: Path | None = None, sft_file: Path | None = None) -> dict[str, Any]:
     """One training step of the profile's GRPO, with the first batch's numbers kept (see
     :class:`VideoGRPOTrainer`): what notebook 04 recomputes by hand. Writes only to ``scratch``."""
     from vadr1_lib import config
 
     one_step = config.load_profile(profile.name, [*profile.overrides, "grpo.max_steps=1", "launch.report_to=[]"])
     trainer, _ = build_trainer(one_step, start_model, rl_file, use_ava=use_ava, checkpoints=Path(scratch),
-                               video_root=video_root)
+                               video_root=video_root, sft_file=sft_file)
     trainer.args.save_strategy = "no"
     trainer.inspect_first_batch = True
     common.print_progress_as_text(trainer, "GRPO, one inspected step")
@@ -388,7 +416,7 @@ def inspect_first_batch(profile: Profile, start_model: str | Path, rl_file: Path
 
 
 def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool,
-          output_dir: Path | None = None, video_root: Path | None = None) -> GRPOResult:
+          output_dir: Path | None = None, video_root: Path | None = None, sft_file: Path | None = None) -> GRPOResult:
     """GRPO (with AVA when ``use_ava``) from ``start_model`` on the RL split; saves model/adapter + processor.
 
     Resumes from the newest checkpoint in ``<output_dir>/checkpoints`` when one exists.
@@ -396,7 +424,7 @@ def train(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: 
     output_dir = Path(output_dir or stage_dir(profile, use_ava=use_ava))
     checkpoints = output_dir / "checkpoints"
     trainer, processor = build_trainer(profile, start_model, rl_file, use_ava=use_ava, checkpoints=checkpoints,
-                                       video_root=video_root)
+                                       video_root=video_root, sft_file=sft_file)
     seconds, resume = common.train_and_save(trainer, processor, output_dir, checkpoints)
     ava = trainer.reward_funcs[-1] if use_ava else None
     history = trainer.state.log_history

@@ -41,11 +41,16 @@ process before counting.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import random
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
+from transformers import StoppingCriteria, Trainer
 
 from vadr1_lib import parsing, prompts
 from vadr1_lib.config import GRPOConfig, Profile
@@ -156,6 +161,59 @@ class LengthReward:
 
 GenerateFn = Callable[[list[video.VideoClip]], list[str]]
 VERDICT_END = "</which>"  # the re-query's answer is complete once this is written
+AVA_RULES = ("paper", "label")  # who is paid the verification bonus (AnomalyVerificationReward)
+AVA_VERDICTS = ("which", "deciding-token")  # where a re-query's verdict is read
+
+
+class VerdictReader:
+    """The verdict of a re-query's answer, possibly cut short: Normal, Abnormal or None.
+
+    A closed ``<which>`` decides, as for the rewards (exactly ``Normal``: Normal; any other
+    content: Abnormal). Given ``reference`` targets (text, is_abnormal), an answer without
+    one is decided once its text has committed to a verdict: it begins some target of that
+    verdict and no target of the other. With the Mini template every target shares its
+    first step and the verdict is the first word of step 2 ("Nothing" against "At" or
+    "From"), so the re-query can stop there instead of writing ~150 more tokens. Text that
+    leaves every target before that point decides nothing and runs on to ``</which>``.
+    Free-text targets (the release's) part ways by accident of wording, which is why the
+    7B profiles read ``<which>`` (``grpo.ava_verdict``).
+    """
+
+    def __init__(self, reference: Sequence[tuple[str, bool]] = ()) -> None:
+        self.targets = {verdict: sorted({text for text, abnormal in reference if abnormal == (verdict == ABNORMAL_LABEL)})
+                        for verdict in (NORMAL_LABEL, ABNORMAL_LABEL)}
+        if reference and not all(self.targets.values()):
+            raise ValueError("reading a verdict from its first words needs reference targets of both verdicts")
+        self.uses_prefixes = bool(reference)
+
+    def __call__(self, text: str) -> str | None:
+        if VERDICT_END in text:
+            parsed = parsing.parse_completion(text)
+            return parsed.predicted_label if parsed.which else None
+        if not self.uses_prefixes:
+            return None
+        begins = {verdict: _begins_one_of(text, targets) for verdict, targets in self.targets.items()}
+        if begins[NORMAL_LABEL] != begins[ABNORMAL_LABEL]:
+            return NORMAL_LABEL if begins[NORMAL_LABEL] else ABNORMAL_LABEL
+        return None
+
+
+def _begins_one_of(text: str, sorted_targets: Sequence[str]) -> bool:
+    """Whether ``text`` is the beginning of a target (the candidates sort right after it)."""
+    index = bisect.bisect_left(sorted_targets, text)
+    return index < len(sorted_targets) and sorted_targets[index].startswith(text)
+
+
+class VerdictStop(StoppingCriteria):
+    """A ``generate`` stopping criterion: each row stops once :class:`VerdictReader` reads a
+    verdict in what it has written after the ``prompt_length`` prompt tokens."""
+
+    def __init__(self, reader: VerdictReader, tokenizer: Any, prompt_length: int) -> None:
+        self.reader, self.tokenizer, self.prompt_length = reader, tokenizer, prompt_length
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([self.reader(text) is not None for text in texts], device=input_ids.device)
 
 
 class AnomalyVerificationReward:
@@ -166,9 +224,22 @@ class AnomalyVerificationReward:
     - Abnormal with a valid span ``[s, e]``: drop the frames inside the span, resample as
       many frames as training uses from what is left, re-ask; ``ava_abnormal_bonus`` when
       the answer is now Normal (the claimed anomaly was where the rollout said it was).
-    - Otherwise (Normal, or Abnormal without a valid span): drop the first or the last
-      ``ava_trim_fraction`` (seeded coin per rollout), re-ask; ``ava_normal_penalty`` when
-      the answer is now Abnormal, only for a rollout that earned accuracy or format.
+      With ``grpo.ava_rule: label`` the bonus is paid only where the RL set's weak label
+      is Abnormal too, and a claim on a Normal-labelled video is not re-asked: cutting any
+      span out of a normal video leaves a normal video, so under the paper's rule
+      (``paper``) a false alarm with any span is "verified" whenever the model answers
+      the rest Normal.
+    - Normal: drop the first or the last ``ava_trim_fraction`` (seeded coin per rollout),
+      re-ask; ``ava_normal_penalty`` when the answer is now Abnormal, only for a rollout
+      that earned accuracy or format.
+    - Abnormal without a valid span: not re-asked, 0, as in the release (its penalty needs
+      an answer that said Normal). Sending it down the Normal branch punished a claim that
+      the verifier confirmed.
+
+    The re-query needs only the verdict. It stops at ``</which>``, or, with
+    ``grpo.ava_verdict: deciding-token``, as soon as its text has committed to one verdict
+    (:class:`VerdictReader`: with the Mini template, the first word of step 2, a tenth of
+    the answer).
 
     All re-queries of a call go through the model in one batched ``generate`` (left
     padding), in eval mode under ``torch.no_grad()``; inside a trainer under
@@ -184,16 +255,25 @@ class AnomalyVerificationReward:
     __name__ = "ava_reward"
 
     def __init__(self, trainer_or_model_getter: Callable[[], Any] | None, processor: Any, profile: Profile,
-                 seed: int | None = None, *, generate_fn: GenerateFn | None = None) -> None:
+                 seed: int | None = None, *, generate_fn: GenerateFn | None = None,
+                 reference_targets: Sequence[tuple[str, bool]] = ()) -> None:
         if trainer_or_model_getter is None and generate_fn is None:
             raise ValueError("AVA needs a trainer/model getter or a generate_fn")
         cfg = profile.grpo
         video.head_tail_trim(True, cfg.ava_trim_fraction)  # validates the fraction now, not mid-training
+        if cfg.ava_rule not in AVA_RULES:
+            raise ValueError(f"grpo.ava_rule must be one of {', '.join(AVA_RULES)}, got {cfg.ava_rule!r}")
+        if cfg.ava_verdict not in AVA_VERDICTS:
+            raise ValueError(f"grpo.ava_verdict must be one of {', '.join(AVA_VERDICTS)}, got {cfg.ava_verdict!r}")
+        if cfg.ava_verdict == "deciding-token" and not reference_targets and generate_fn is None:
+            # A scripted generate_fn (tests, notebook sketches) writes whole answers: <which> reads them.
+            raise ValueError("grpo.ava_verdict: deciding-token needs the SFT targets to know where a verdict is decided")
+        self.verdict = VerdictReader(reference_targets if cfg.ava_verdict == "deciding-token" else ())
         self.cfg = cfg
         self.video_cfg = profile.video
         self.processor = processor
         self._source = trainer_or_model_getter
-        self._generate = generate_fn or self._generate_with_model
+        self._generate_fn = generate_fn
         self._rng = random.Random(cfg.seed if seed is None else seed)
         self._infos: dict[str, video.VideoInfo] = {}
         self.history: list[dict[str, Any]] = []
@@ -213,14 +293,20 @@ class AnomalyVerificationReward:
         untrimmable = 0
         for i, (completion, label, path) in enumerate(zip(completions, solution, video_path)):
             parsed = parsing.parse_completion(completion_text(completion))
-            if not parsed.is_normal and parsed.span is not None:
-                branch, exclude = "abnormal", parsed.span
-            else:
+            if parsed.is_normal:
                 branch = "normal"
                 exclude = video.head_tail_trim(self._rng.random() < 0.5, self.cfg.ava_trim_fraction)
                 if _accuracy(parsed, label) == 0.0 and not parsed.format_valid:
-                    branches.append("normal-skipped")
+                    branches.append("normal-skipped")  # nothing earned, nothing to lose: the query is pure cost
                     continue
+            elif parsed.which and parsed.span is not None:
+                branch, exclude = "abnormal", parsed.span
+                if self.cfg.ava_rule == "label" and taxonomy.binary_label(label) != ABNORMAL_LABEL:
+                    branches.append("abnormal-unpaid")  # a false alarm: no bonus can come of the query
+                    continue
+            else:
+                branches.append("abnormal-no-span" if parsed.which else "no-verdict")
+                continue
             indices = self.trimmed_indices(path, exclude)
             if indices is None:
                 branches.append(f"{branch}-untrimmable")
@@ -233,7 +319,7 @@ class AnomalyVerificationReward:
                 clips.append(video.load_clip(path, indices))
             queries.append((i, parsed.predicted_label if parsed.which else None, _accuracy(parsed, label) == 1.0,
                             views[view], exclude, indices))
-        unique_answers = self._generate(clips)
+        unique_answers = self.ask(clips)
         if len(unique_answers) != len(clips):
             raise RuntimeError(f"generate_fn returned {len(unique_answers)} answers for {len(clips)} clips")
         bonus = penalty = 0
@@ -243,8 +329,7 @@ class AnomalyVerificationReward:
         checks = []
         for (i, original, right, view_index, cut, kept) in queries:
             answer = completion_text(unique_answers[view_index])
-            reparsed = parsing.parse_completion(answer)
-            now = reparsed.predicted_label if reparsed.which else None
+            now = self.verdict(answer)
             checks.append({"rollout": i, "branch": branches[i], "right": right, "cut": cut, "kept_frames": kept, "answer": answer,
                            "flipped": now is not None and now != original})
             if branches[i] == "abnormal" and now == NORMAL_LABEL:
@@ -297,15 +382,19 @@ class AnomalyVerificationReward:
 
     # -- the model call ---------------------------------------------------------------
 
-    def _generate_with_model(self, clips: list[video.VideoClip]) -> list[str]:
+    def ask(self, clips: list[video.VideoClip], reader: VerdictReader | None = None) -> list[str]:
+        """The re-query: each clip's answer, stopped once ``reader`` (default: the profile's
+        :attr:`verdict`) reads a verdict in it; ``generate_fn``'s answers when one was given."""
+        if self._generate_fn is not None:
+            return self._generate_fn(clips)
+        return self._generate_with_model(clips, reader or self.verdict)
+
+    def _generate_with_model(self, clips: list[video.VideoClip], reader: VerdictReader) -> list[str]:
         """One batched, left-padded ``generate`` over all clips (see the class docstring).
 
         Inside a trainer the unwrap context is entered even with no clips, because under
         ZeRO-3 it gathers parameters collectively and every process must take part.
         """
-        import torch
-        from transformers import Trainer
-
         source = self._source()
         if isinstance(source, Trainer):
             from trl.models import unwrap_model_for_generation
@@ -326,11 +415,26 @@ class AnomalyVerificationReward:
                 inputs = self.processor(text=[text] * len(clips), return_tensors="pt", padding=True,
                                         padding_side="left", **modeling.video_inputs(clips)).to(model.device)
                 kwargs = modeling.generation_kwargs(self.processor, self.cfg.max_completion_length)
-                # Only <which> is read, so a row stops once it is closed (the greedy prefix is
+                # Only the verdict is read, so a row stops once it has one (the greedy prefix is
                 # the same as without stopping). Parameters are whole inside the unwrap context,
                 # so processes need not step together.
-                output = model.generate(**inputs, **kwargs, stop_strings=[VERDICT_END],
-                                        tokenizer=self.processor.tokenizer, synced_gpus=False)
+                prompt_length = inputs["input_ids"].shape[1]
+                stop = VerdictStop(reader, self.processor.tokenizer, prompt_length)
+                output = model.generate(**inputs, **kwargs, stopping_criteria=[stop], synced_gpus=False)
             finally:
                 model.train(was_training)
-        return self.processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return self.processor.batch_decode(output[:, prompt_length:], skip_special_tokens=True)
+
+
+def verdict_agreement(ava: AnomalyVerificationReward, clips: list[video.VideoClip]) -> dict[str, Any]:
+    """How often the verdict AVA reads from its cut-short re-query is the verdict of the whole
+    greedy answer's ``<which>``, on ``clips``, and what each costs in generated tokens."""
+    whole_reader = VerdictReader()
+    short, whole = ava.ask(clips), ava.ask(clips, reader=whole_reader)
+    pairs = [(ava.verdict(a), whole_reader(b)) for a, b in zip(short, whole)]
+    tokens = ava.processor.tokenizer
+    count = lambda texts: statistics.fmean(len(tokens(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return {"clips": len(clips), "agree": sum(a == b for a, b in pairs),
+            "agreement": sum(a == b for a, b in pairs) / len(pairs) if pairs else None,
+            "undecided_short": sum(a is None for a, _ in pairs), "undecided_whole": sum(b is None for _, b in pairs),
+            "tokens_short": count(short) if short else None, "tokens_whole": count(whole) if whole else None}
