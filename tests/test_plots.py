@@ -38,6 +38,26 @@ def test_spans_by_model_draws_only_the_spans_that_exist():
     fig = plots.spans_by_model([("v1", (0.2, 0.5), {"SFT": (0.1, 0.4), "GRPO": None}), ("v2", None, {"SFT": None, "GRPO": (0.3, 0.6)})])
     assert len(fig.axes[0].patches) == 3  # v1: true + SFT; v2: GRPO
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["true", "SFT", "GRPO"]
+    # A model without a single span is still named, and the legend says why it has no bar.
+    fig = plots.spans_by_model([("v1", (0.2, 0.5), {"SFT": (0.1, 0.4), "AVA-GRPO": None})])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == \
+        ["true", "SFT", "AVA-GRPO (no span in these rows)"]
+
+
+def test_curve_panels_draw_every_run_on_each_quantity_it_logged():
+    runs = {"GRPO": {"kl": [0.0, 0.1, 0.2], "reward": [1, 2, 3]}, "AVA-GRPO": {"kl": [0.0, 0.2, 0.1], "ava": [0.1, 0.0, 0.5]}}
+    fig = plots.curve_panels(runs, [("kl", "KL"), ("ava", "AVA reward"), ("reward", "total")])
+    kl, ava, total = fig.axes[:3]
+    assert [line.get_label() for line in kl.get_lines()] == ["GRPO", "AVA-GRPO"]
+    assert [line.get_label() for line in ava.get_lines()] == ["AVA-GRPO"]  # plain GRPO has no AVA reward
+    assert kl.get_lines()[0].get_color() == total.get_lines()[0].get_color()  # one colour per run throughout
+
+
+def test_text_panels_show_each_text_under_its_name_and_cut_long_ones():
+    fig = plots.text_panels({"before": "x" * 2000, "after": "<think>fine</think>"}, max_chars=100)
+    shown = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert shown[0].startswith("before") and "[1900 more characters]" in shown[0]
+    assert shown[1].startswith("after") and "<think>fine</think>" in shown[1]
 
 
 def test_verdict_histograms_leave_out_clips_without_a_deciding_token():

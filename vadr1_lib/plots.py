@@ -134,6 +134,40 @@ def curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, tit
     return _save(fig, save_to)
 
 
+def curve_panels(runs: Mapping[str, Mapping[str, Sequence[float]]], panels: Sequence[tuple[str, str]], *,
+                 title: str = "", smooth: int = 0, columns: int = 3, save_to: str | Path | None = None) -> Figure:
+    """One small panel per logged quantity (``panels``: key, panel title), every run drawn on
+    the same axes of each panel with the same colour throughout: how two trainings differ,
+    quantity by quantity. A key a run did not log is left out of that panel (plain GRPO has
+    no AVA reward); ``smooth`` as in :func:`curves`."""
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(NOTEBOOK_WIDTH, 2.6 * rows), squeeze=False)
+    colours = {name: f"C{i}" for i, name in enumerate(runs)}
+    for ax, (key, panel_title) in zip(axes.flat, panels):
+        for name, logged in runs.items():
+            values = logged.get(key)
+            if not values:
+                continue
+            steps = np.arange(1, len(values) + 1)
+            if smooth > 1:
+                ax.plot(steps, values, color=colours[name], alpha=0.2)
+                ax.plot(steps, moving_average(values, smooth), color=colours[name], label=name)
+            else:
+                ax.plot(steps, values, color=colours[name], label=name)
+        ax.set_title(panel_title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = next(((h, l) for h, l in (ax.get_legend_handles_labels() for ax in axes.flat) if h), ([], []))
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle(title + (f" ({smooth}-step means over the faint per-step values)" if smooth > 1 else ""), fontsize=10)
+    fig.tight_layout()
+    return _save(fig, save_to)
+
+
 def taxonomy_tree(tree: Mapping[str, Mapping[str, Sequence[str]]], *, counts: Mapping[str, int] | None = None,
                   save_to: str | Path | None = None) -> Figure:
     """Types -> main classes -> sub classes as an indented chart, with counts when given."""
@@ -186,7 +220,8 @@ def span_timelines(items: Sequence[tuple[str, Span | None, Span | None]], *, tit
 def spans_by_model(items: Sequence[tuple[str, Span | None, Mapping[str, Span | None]]], *, title: str = "",
                    save_to: str | Path | None = None) -> Figure:
     """One row per video on a 0-1 time axis: the true anomaly span on top, then each model's
-    predicted span (None: that model said Normal or wrote no valid span)."""
+    predicted span (None: that model said Normal or wrote no valid span). Every model is in
+    the legend, also one that drew no bar at all."""
     models = list(dict.fromkeys(name for _, _, spans in items for name in spans))
     bars = 1 + len(models)
     height = 0.8 / bars
@@ -199,7 +234,7 @@ def spans_by_model(items: Sequence[tuple[str, Span | None, Mapping[str, Span | N
         for k, (name, span) in enumerate([("true", truth), *[(m, spans.get(m)) for m in models]]):
             if span:
                 ax.barh(y + 0.4 - (k + 0.5) * height, span[1] - span[0], left=span[0], height=height * 0.9,
-                        color="tab:red" if name == "true" else colours[name], label=None if name in labelled else name)
+                        color="tab:red" if name == "true" else colours[name])
                 labelled.add(name)
     ax.set_yticks(range(len(items)))
     ax.set_yticklabels([label for label, _, _ in reversed(items)], fontsize=8)
@@ -207,8 +242,11 @@ def spans_by_model(items: Sequence[tuple[str, Span | None, Mapping[str, Span | N
     ax.set_ylim(-0.6, len(items) - 0.4)
     ax.set_xlabel("time (fraction of the video)")
     ax.set_title(title)
-    if labelled:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="tab:red", label="true")] + [
+        Patch(color=colours[m], label=m if m in labelled else f"{m} (no span in these rows)") for m in models]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return _save(fig, save_to)
 
@@ -239,6 +277,19 @@ def _text_box(ax: Any, text: str, *, title: str = "", width: int = 46, colour: s
             bbox=dict(boxstyle="round,pad=0.5", facecolor=colour, edgecolor="lightgray"))
 
 
+def text_panels(texts: Mapping[str, str], *, title: str = "", width: int = 52, max_chars: int = 900,
+                save_to: str | Path | None = None) -> Figure:
+    """Texts side by side in boxes, each under its name: what two models wrote for the same
+    input. A text longer than ``max_chars`` is cut there (the figure says so)."""
+    fig, axes = plt.subplots(1, len(texts), figsize=(NOTEBOOK_WIDTH, 4.8), squeeze=False)
+    for ax, (name, text) in zip(axes[0], texts.items()):
+        ax.axis("off")
+        shown = text if len(text) <= max_chars else text[:max_chars] + f" … [{len(text) - max_chars} more characters]"
+        _text_box(ax, shown.strip() or "(nothing but blank lines)", title=name, width=width)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, save_to)
+
+
 def pipeline(steps: Sequence[tuple[str, Sequence[str]]], *, title: str = "",
              save_to: str | Path | None = None) -> Figure:
     """The method as boxes joined by arrows, each with what this run holds at that step
@@ -259,9 +310,11 @@ def pipeline(steps: Sequence[tuple[str, Sequence[str]]], *, title: str = "",
 
 
 def p2c_steps(frames: np.ndarray, steps: Sequence[tuple[str, str]], *, answer: str = "", title: str = "",
-              save_to: str | Path | None = None) -> Figure:
+              frame_indices: Sequence[int] | None = None, save_to: str | Path | None = None) -> Figure:
     """P2C-CoT on one clip: a row of its frames, then the four steps of the reasoning from
-    perception (what is seen, where) to cognition (what it means), and the answer."""
+    perception (what is seen, where) to cognition (what it means), and the answer.
+    ``frame_indices`` numbers each frame by its place in the video (the numbering every other
+    figure uses); without it, by its place in ``frames``."""
     panels = [(f"step {k + 1}: {name}", text) for k, (name, text) in enumerate(steps)]
     panels += [("answer", answer)] if answer else []
     wrapped = [textwrap.fill(" ".join(text.split()), 120) for _, text in panels]
@@ -271,7 +324,7 @@ def p2c_steps(frames: np.ndarray, steps: Sequence[tuple[str, str]], *, answer: s
     shown = np.linspace(0, len(frames) - 1, min(len(frames), 8)).round().astype(int)
     for ax, index in zip(top.subplots(1, len(shown), squeeze=False)[0], shown):
         ax.imshow(frames[index])
-        ax.set_title(f"frame {index}", fontsize=7)
+        ax.set_title(f"frame {frame_indices[index] if frame_indices is not None else index}", fontsize=7)
         ax.axis("off")
     colours = ["#e8f1fb", "#d6e6f7", "#fbeee0", "#f7dcc4", "#e6f4e6"]
     axes = bottom.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
