@@ -17,7 +17,7 @@ from vadr1_lib.config import load_profile
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import grpo, rewards
-from vadr1_lib.training.common import StageMarker
+from vadr1_lib.stage_marker import StageMarker
 
 ABNORMAL_OK = prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
     prompts.format_answer_abnormal("Fire", "a fire starts", (0.25, 0.75), "centre", "fire is dangerous", "damage")

@@ -8,7 +8,7 @@ from vadr1_lib import config, prompts, stages
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import sft
-from vadr1_lib.training.common import StageMarker
+from vadr1_lib.stage_marker import StageMarker
 
 
 @pytest.fixture(scope="module")

@@ -173,7 +173,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_sft(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
     from vadr1_lib.cluster import launch
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     profile = _profile(args)
     out = stages.ensure_sft(profile, dry_run=args.dry_run)
@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_grpo(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
     from vadr1_lib.cluster import launch
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     profile = _profile(args)
     use_ava = profile.grpo.use_ava and not args.no_ava

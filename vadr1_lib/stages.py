@@ -19,7 +19,7 @@ from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
 from vadr1_lib.data import dataset
 from vadr1_lib.model import modeling
-from vadr1_lib.training.common import StageMarker, model_identity
+from vadr1_lib.stage_marker import StageMarker
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     splits = data_splits(profile)
     out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}.jsonl"
     meta = out.with_suffix(".meta.json")
-    identity = {"model": model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
+    identity = {"model": modeling.model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
                 "video": asdict(profile.video)}
     if meta.is_file() and json.loads(meta.read_text()) != json.loads(json.dumps(identity)):
         out.unlink(missing_ok=True)

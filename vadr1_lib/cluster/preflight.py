@@ -273,7 +273,7 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
     from vadr1_lib import stages
     from vadr1_lib.evaluation import scores
     from vadr1_lib.model import modeling
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     requested = config.load_profile(profile_name, overrides)
     if requested.data.dataset != "release" or requested.model.name_or_path == "tiny":

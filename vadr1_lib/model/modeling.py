@@ -45,6 +45,7 @@ from transformers.video_utils import VideoMetadata
 from vadr1_lib.config import ModelConfig, Profile, VideoConfig
 from vadr1_lib.data.video import VideoClip
 from vadr1_lib.model import tokenizer as qwen_tok
+from vadr1_lib.stage_marker import StageMarker
 
 # transformers draws tqdm bars while it loads and writes weights; a saved notebook keeps
 # them as "0%" lines. Stages print their own progress as text (vadr1_lib.progress).
@@ -195,6 +196,19 @@ def tiny_model_info(model_dir: Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
+def model_identity(model_path: str | Path) -> str:
+    """What a model *is*, independent of where it lies: a trained stage's fingerprint, the
+    tiny model's identity, else the name (a Hub id). Fingerprints and prediction caches use
+    this instead of the path, so a run folder copied or moved elsewhere is still recognised
+    and nothing retrains."""
+    folder = Path(model_path)
+    marker = StageMarker(folder).read() if folder.is_dir() else None
+    if marker is not None:
+        return f"{marker['stage']}:{marker['fingerprint']}"
+    info = tiny_model_info(folder) if folder.is_dir() else None
+    return f"tiny:{info.get('identity')}" if info else str(model_path)
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 # LoRA goes on the language model's attention and MLP projections only; the vision tower
 # (model.visual.*) keeps its pretrained weights (and, under QLoRA, full precision).
@@ -280,10 +294,6 @@ def load_model_and_processor(
         from peft import PeftModel
 
         adapter = json.loads((Path(name_or_path) / ADAPTER_CONFIG).read_text())
-        from vadr1_lib.training.common import (
-            StageMarker,  # here: training imports this module
-        )
-
         stage = StageMarker(Path(name_or_path)).read() or {}
         base = _load_base(adapter["base_model_name_or_path"], profile, quantize=stage.get("mode") == "qlora")
         model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=trainable_adapter)

@@ -1,25 +1,23 @@
-"""What SFT and GRPO share: the trainer settings, the train-resume-save step, the stage
-marker, and a byte-bounded cache.
+"""What SFT and GRPO share: the trainer settings, the train-resume-save step and a
+byte-bounded cache.
 
 Both stages run TRL's own loop (optimizer, schedule, checkpoints, accelerate/DeepSpeed,
 logging) with a small subclass each (:class:`vadr1_lib.training.sft.VideoSFTTrainer`,
 :class:`vadr1_lib.training.grpo.VideoGRPOTrainer`). What they have in common lives here
 once: the run settings every trainer takes from the profile (``train`` section: precision
 and memory; the stage's own section: batch, schedule, steps), how a stage resumes from its
-newest checkpoint and saves its result, and how a finished stage is recognised later.
+newest checkpoint and saves its result. How a finished stage is recognised later is
+:class:`vadr1_lib.stage_marker.StageMarker`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -191,59 +189,3 @@ def log_beside_checkpoints(trainer: Any, logs: Path) -> None:
             callback.logging_dir = str(logs)
     if "wandb" in trainer.args.report_to:
         os.environ.setdefault("WANDB_DIR", str(logs))
-
-
-def model_identity(model_path: str | Path) -> str:
-    """What a model *is*, independent of where it lies: a trained stage's fingerprint, the
-    tiny model's identity, else the name (a Hub id). Fingerprints and prediction caches use
-    this instead of the path, so a run folder copied or moved elsewhere is still recognised
-    and nothing retrains."""
-    folder = Path(model_path)
-    marker = StageMarker(folder).read() if folder.is_dir() else None
-    if marker is not None:
-        return f"{marker['stage']}:{marker['fingerprint']}"
-    info = modeling.tiny_model_info(folder) if folder.is_dir() else None
-    return f"tiny:{info.get('identity')}" if info else str(model_path)
-
-
-@dataclass(frozen=True)
-class StageMarker:
-    """Whether a training stage's folder holds a finished result, and made with which settings.
-
-    A finished stage writes ``vadr1_stage.json`` (its fingerprint, mode, timing and log).
-    While it trains, ``pending-fingerprint`` holds the fingerprint of the run in progress,
-    so that a later run with the same settings resumes its checkpoints and a run with other
-    settings throws them away instead.
-    """
-
-    folder: Path
-    FILE: ClassVar[str] = "vadr1_stage.json"
-    PENDING: ClassVar[str] = "pending-fingerprint"
-
-    def read(self) -> dict[str, Any] | None:
-        path = Path(self.folder) / self.FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def finished_with(self, fingerprint: str) -> bool:
-        record = self.read()
-        return record is not None and record.get("fingerprint") == fingerprint
-
-    def begin(self, fingerprint: str) -> None:
-        """Remove a finished or partial result made with other settings, then note this run's."""
-        folder = Path(self.folder)
-        record = self.read()
-        pending = folder / self.PENDING
-        stale_result = record is not None and record.get("fingerprint") != fingerprint
-        stale_checkpoints = pending.is_file() and pending.read_text().strip() != fingerprint
-        if stale_result or stale_checkpoints:
-            print(f"{folder} was trained with other settings: starting over")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        pending.write_text(fingerprint)
-
-    def finish(self, record: dict[str, Any]) -> None:
-        """Mark the stage finished with ``record`` (which must carry its ``fingerprint``)."""
-        if "fingerprint" not in record:
-            raise ValueError("a stage record needs the fingerprint it was trained with")
-        (Path(self.folder) / self.FILE).write_text(json.dumps(record, indent=2) + "\n")
-        (Path(self.folder) / self.PENDING).unlink(missing_ok=True)

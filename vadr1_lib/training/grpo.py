@@ -254,7 +254,7 @@ def stage_dir(profile: Profile, *, use_ava: bool) -> Path:
 
 def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use_ava: bool) -> str:
     """What a GRPO result depends on, including the SFT result it starts from (its own fingerprint)."""
-    blob = json.dumps({"start": common.model_identity(start_model),
+    blob = json.dumps({"start": modeling.model_identity(start_model),
                        "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
                        "model": asdict(profile.model), "video": asdict(profile.video), "grpo": asdict(profile.grpo),
                        "train_settings": asdict(profile.train)}, sort_keys=True)
