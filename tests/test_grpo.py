@@ -259,3 +259,40 @@ def test_reward_weights_name_every_reward_and_drop_avas_without_ava() -> None:
     assert grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": None}), use_ava=True) is None  # 1 each
     with pytest.raises(ValueError, match="one weight per reward"):
         grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": [1.0, 1.0]}), use_ava=True)
+
+
+def test_a_moved_run_folder_with_lora_stages_loads_and_is_reused(monkeypatch, tmp_path) -> None:
+    """A LoRA variant's SFT and GRPO adapters name their base by identity, not by the
+    absolute path PEFT writes: the run folder moved elsewhere (the old one gone) loads the
+    same weights and retrains nothing."""
+    import shutil
+
+    from vadr1_lib import notebook, paths
+    from vadr1_lib.training import sft
+
+    monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "runs"))
+    profile = load_profile("ci", {"grpo.weight_decay": 0.0})
+    stages.ensure_base_model(profile)  # the chapter's base, which the variant reuses from the profile's folder
+    lora = notebook.variant(profile, "lora", {"train.mode": "lora"})
+    trained = {"sft": stages.ensure_sft(lora), "grpo": stages.ensure_grpo(lora, use_ava=False)}
+    weights = {stage: {n: p.detach().clone() for n, p in modeling.load_model_and_processor(out, lora)[0].named_parameters()}
+               for stage, out in trained.items()}
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "moved"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a moved, finished stage was trained again")
+
+    monkeypatch.setattr(sft, "train", no_training)
+    monkeypatch.setattr(grpo, "train", no_training)
+    moved = {"sft": stages.ensure_sft(lora), "grpo": stages.ensure_grpo(lora, use_ava=False)}
+    assert moved == {stage: paths.runs_dir() / out.relative_to(tmp_path / "runs") for stage, out in trained.items()}
+    for stage, out in moved.items():
+        model, _ = modeling.load_model_and_processor(out, lora)
+        assert modeling.adapter_base(out) == str(out / "../../../base-model")  # the moved profile's base model
+        loaded = dict(model.named_parameters())
+        assert loaded.keys() == weights[stage].keys()
+        assert all(torch.equal(loaded[n], weights[stage][n]) for n in loaded)
+    shutil.rmtree(paths.runs_dir() / "ci" / "base-model")
+    with pytest.raises(FileNotFoundError, match=r"base model of adapter .* \(tiny:"):
+        modeling.load_model_and_processor(moved["sft"], lora)

@@ -116,6 +116,8 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     marker.begin(fingerprint)
     record = train()
     if launch.is_main_process():
+        if modeling.is_adapter(out):  # so that a moved run folder finds its base (modeling.adapter_base)
+            record["adapter_base"] = modeling.adapter_base_record(out)
         marker.finish(record)
     return out
 

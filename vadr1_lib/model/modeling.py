@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -219,6 +220,42 @@ def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def adapter_base_record(adapter_dir: str | Path) -> dict[str, str]:
+    """What a finished adapter stage keeps about its base model (``adapter_base`` in its
+    stage record, read by :func:`adapter_base`): the base's identity (:func:`model_identity`),
+    the path it was loaded from, and that path relative to the adapter's folder."""
+    base = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    record = {"identity": model_identity(base), "path": base}
+    if Path(base).is_dir():
+        record["relative_path"] = os.path.relpath(Path(base).resolve(), Path(adapter_dir).resolve())
+    return record
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter folder was trained on, found by what it is.
+
+    Why not PEFT's ``base_model_name_or_path``: it is the absolute path the base was loaded
+    from, so a run folder moved to a cluster or a drive would load the base from the old
+    place, or fail. A finished stage's record (:func:`adapter_base_record`) keeps the base's
+    identity; the base is the first of two places whose model has that identity: where it
+    lay relative to the adapter (the base model of the same run folder, moved with it), then
+    the recorded path (a Hub id, or a folder outside the run folder). A checkpoint, which has
+    no stage record, names its base as PEFT does.
+    """
+    adapter_dir = Path(adapter_dir)
+    recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    base = (StageMarker(adapter_dir).read() or {}).get("adapter_base")
+    if base is None:
+        return recorded
+    places = ([str(adapter_dir / base["relative_path"])] if "relative_path" in base else []) + [base["path"]]
+    for place in places:
+        if model_identity(place) == base["identity"]:
+            return place
+    raise FileNotFoundError(f"the base model of adapter {adapter_dir} ({base['identity']}) is in none of "
+                            f"{', '.join(places)}; put it back beside the run folder as it was trained "
+                            f"({base.get('relative_path', base['path'])} from the adapter)")
+
+
 def check_model_source(name_or_path: str | Path) -> None:
     """Fail plainly when a local checkpoint folder is missing.
 
@@ -286,17 +323,21 @@ def load_model_and_processor(
     """Load a Qwen2.5-VL checkpoint (local folder, hub id, or LoRA adapter folder) and its processor.
 
     The same call loads the tiny folder on a CPU and ``Qwen/Qwen2.5-VL-7B-Instruct`` on a GPU;
-    an adapter folder (``adapter_config.json``) is loaded onto the base it names, quantized
-    again when it was trained with QLoRA. The processor's frame size comes from the profile.
+    an adapter folder (``adapter_config.json``) is loaded onto its base (:func:`adapter_base`),
+    quantized again when it was trained with QLoRA. The processor's frame size comes from the profile.
     """
     processor = load_processor(name_or_path, profile)
     if is_adapter(name_or_path):
         from peft import PeftModel
 
-        adapter = json.loads((Path(name_or_path) / ADAPTER_CONFIG).read_text())
         stage = StageMarker(Path(name_or_path)).read() or {}
-        base = _load_base(adapter["base_model_name_or_path"], profile, quantize=stage.get("mode") == "qlora")
+        base_path = adapter_base(name_or_path)
+        base = _load_base(base_path, profile, quantize=stage.get("mode") == "qlora")
         model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=trainable_adapter)
+        for adapter in model.peft_config.values():
+            # PEFT would save the adapter file's old path again; a stage trained further
+            # (GRPO from SFT's adapter) records the base where it was found.
+            adapter.base_model_name_or_path = base_path
     else:
         model = _load_base(name_or_path, profile, quantize=False)
     if getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_loaded_in_4bit", False):
