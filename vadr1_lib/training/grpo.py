@@ -43,7 +43,7 @@ import trl
 from trl.kernels.chunked_logprob import _use_triton
 
 from vadr1_lib import prompts
-from vadr1_lib.config import Profile, VideoConfig
+from vadr1_lib.config import REWARD_NAMES, Profile, VideoConfig
 from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import common, rewards
@@ -261,9 +261,6 @@ def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of reward_functions and grpo.reward_weights
-
-
 def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, use_ava: bool = True) -> trl.GRPOConfig:
     """TRL's config from the profile. ``loss_type="grpo"`` averages over each completion's
     tokens, then over completions (``docs/vad-r1.md``, "GRPO as the paper uses it"); TRL's default
@@ -298,12 +295,10 @@ def thirds(values: list[float]) -> tuple[float, float, float]:
 
 def reward_weights(profile: Profile, *, use_ava: bool) -> list[float] | None:
     """``grpo.reward_weights`` for the rewards in use (AVA's dropped without AVA); None: 1 each."""
-    weights = profile.grpo.reward_weights
+    weights = profile.grpo.reward_weights  # one per REWARD_NAMES (the profile's schema checks it)
     if weights is None:
         return None
-    if len(weights) != len(REWARD_NAMES):
-        raise ValueError(f"grpo.reward_weights needs one weight per reward ({', '.join(REWARD_NAMES)}), got {weights}")
-    return list(weights if use_ava else weights[:-1])
+    return list(weights if use_ava else weights[:REWARD_NAMES.index("ava")])
 
 
 @dataclass
