@@ -294,3 +294,29 @@ def test_a_moved_run_folder_with_lora_stages_loads_and_is_reused(monkeypatch, tm
     shutil.rmtree(paths.runs_dir() / "ci" / "base-model")
     with pytest.raises(FileNotFoundError, match=r"base model of adapter .* \(tiny:"):
         modeling.load_model_and_processor(moved["sft"], lora)
+
+
+def test_a_diverging_grpo_run_stops_at_its_step_and_a_rerun_resumes_from_the_last_good_checkpoint(ci) -> None:
+    """A learning rate far too large blows the policy up within a few steps: sampling from its
+    NaN scores would crash generate with torch's "probability tensor contains inf, nan"; the
+    step runs on to its NaN loss instead, which stops the stage there, unfinished."""
+    import re
+
+    from vadr1_lib import notebook
+    from vadr1_lib.training.common import TrainingDiverged
+
+    profile, _, _ = ci
+    # whatever the gradient (0 while the rollouts earn no reward), AdamW's weight decay times
+    # this learning rate blows the weights up
+    diverging = notebook.variant(profile, "diverging", {"grpo.max_steps": 5, "grpo.save_steps": 1,
+                                                         "grpo.learning_rate": 1e12, "grpo.weight_decay": 0.01})
+    out = grpo.stage_dir(diverging, use_ava=True)
+    with pytest.raises(TrainingDiverged) as first:
+        stages.ensure_grpo(diverging, use_ava=True)
+    step = int(re.search(r"ci/ava-grpo diverged at step (\d+) of 5: the loss", str(first.value)).group(1))
+    assert step > 1 and "this run started at step 0" in str(first.value)
+    newest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert newest == step - 1 and StageMarker(out).read() is None
+    with pytest.raises(TrainingDiverged, match=rf"diverged at step {step} of 5: .* resumed at step {step - 1}\)"):
+        stages.ensure_grpo(diverging, use_ava=True)
+    assert StageMarker(out).read() is None

@@ -107,8 +107,9 @@ def _ensure_stage(profile: Profile, stage: str, label: str, out: Path, fingerpri
     if command is not None:
         if dry_run:
             print(launch.format_command(command))
-        elif launch.run(command) != 0:
-            raise RuntimeError(f"{stage} under accelerate failed: {launch.format_command(command)}")
+        elif (code := launch.run(command)) != 0:
+            raise launch.LaunchFailed(f"{stage} under accelerate failed (exit status {code}): "
+                                      f"{launch.format_command(command)}")
         return out
     if dry_run:
         print(f"would train {label} in this process into {out}")

@@ -109,6 +109,10 @@ def format_command(command: list[str]) -> str:
     return " ".join(shlex.quote(part) for part in command)
 
 
+class LaunchFailed(RuntimeError):
+    """A stage started under ``accelerate launch`` failed; its processes printed why."""
+
+
 def run(command: list[str]) -> int:
     """Run a launch command in the foreground, streaming its output."""
     print(f"$ {format_command(command)}", flush=True)

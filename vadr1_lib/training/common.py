@@ -12,6 +12,7 @@ newest checkpoint and saves its result. How a finished stage is recognised later
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import OrderedDict
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from vadr1_lib.config import Profile
@@ -92,6 +94,7 @@ def trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[
         logging_steps=section.logging_steps,
         save_steps=section.save_steps,
         save_total_limit=2,
+        logging_nan_inf_filter=False,  # a NaN loss must reach StopsOnDivergence, not be logged as earlier ones' mean
         seed=section.seed,
         data_seed=section.seed,
         report_to=profile.launch.report_to or "none",
@@ -120,6 +123,54 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
     return seconds, resume
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step's loss or gradient norm was NaN or infinite (:class:`StopsOnDivergence`)."""
+
+
+class StopsOnDivergence:
+    """Mixed into both trainers (before TRL's class): a step whose loss or gradient norm is
+    NaN or infinite stops training right there, with :class:`TrainingDiverged` naming the
+    step, before that step is logged or saved. So the stage is not marked finished, and its
+    newest checkpoint stays the last step whose loss and gradient were finite, the one a
+    rerun resumes from. Only ``_maybe_log_save_evaluate`` changes (the trainer calls it
+    after every optimizer step, on every process, before it logs or saves).
+
+    Why: transformers trains on through a NaN, and its ``logging_nan_inf_filter`` logs the
+    mean of earlier losses in its place (a diverging ci-profile SFT logged loss 0.0 beside a
+    NaN gradient norm, then saved a NaN model as a finished stage); ``trainer_arguments``
+    turns that filter off so the loss seen here is the loss computed. Every process takes
+    the same decision (the flags are summed over processes), so a multi-process run stops
+    on every rank instead of leaving the others waiting in the next collective. An infinite
+    gradient norm that a loss scaler (fp16) found is not divergence: the scaler skips that
+    step and lowers its scale.
+    """
+
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        skipped = self.accelerator.optimizer_step_was_skipped
+        flags = torch.tensor([float(not bool(torch.isfinite(tr_loss).all())),
+                              float(grad_norm is not None and not skipped and not math.isfinite(float(grad_norm)))],
+                             device=tr_loss.device)
+        loss_bad, grad_bad = (bool(flag) for flag in self.accelerator.reduce(flags, reduction="sum"))
+        if loss_bad or grad_bad:
+            raise TrainingDiverged(self._divergence_report(loss_bad, grad_bad, grad_norm))
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _divergence_report(self, loss_bad: bool, grad_bad: bool, grad_norm: Any) -> str:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        step, start = self.state.global_step, self._initial_global_step
+        what = " and the ".join(name for name, bad in (("loss", loss_bad), (f"gradient norm ({float(grad_norm):g})", grad_bad))
+                                if bad)
+        newest = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        kept = (f"its newest checkpoint, {Path(newest).name}, is the last good step and what a rerun with these "
+                "settings resumes from" if newest else "no checkpoint was saved before it")
+        began = f"resumed at step {start}" if start else "started at step 0"
+        return (f"{self.args.run_name} diverged at step {step} of {self.state.max_steps}: the {what} "
+                f"{'are' if loss_bad and grad_bad else 'is'} not finite "
+                f"(this run {began}). Stopped before saving anything of step {step}, so the stage is not marked "
+                f"finished; {kept}. Lower the learning rate (new settings start the stage over).")
 
 
 class RestoresCheckpointWeights:

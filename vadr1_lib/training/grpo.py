@@ -56,7 +56,7 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 INSPECT_POSITION = "inspect_position"  # a rollout's index in generation order (only while inspecting)
 
 
-class VideoGRPOTrainer(common.RestoresCheckpointWeights, trl.GRPOTrainer):
+class VideoGRPOTrainer(common.StopsOnDivergence, common.RestoresCheckpointWeights, trl.GRPOTrainer):
     """``GRPOTrainer`` whose log-prob forwards see the video (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -277,7 +277,12 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, us
         reward_weights=reward_weights(profile, use_ava=use_ava),
         shuffle_dataset=not g.balanced_batches,  # balanced: the alternating order of rl_dataset is kept
         # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
-        generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
+        # A policy that diverged (weights blown up without a NaN yet) scores tokens NaN, and
+        # sampling from them fails inside generate with torch's "probability tensor contains
+        # inf, nan"; with those scores replaced the step runs on to its NaN loss, which stops
+        # training with the step named (common.StopsOnDivergence). Finite scores are untouched.
+        generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist(),
+                           "remove_invalid_values": True},
         loss_type="grpo",
         scale_rewards="group",
     )

@@ -216,7 +216,7 @@ def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Da
     ])
 
 
-class VideoSFTTrainer(common.RestoresCheckpointWeights, SFTTrainer):
+class VideoSFTTrainer(common.StopsOnDivergence, common.RestoresCheckpointWeights, SFTTrainer):
     """``SFTTrainer`` with the weighted, mask-free loss and the balanced sampler described in
     the module docstring.
 
