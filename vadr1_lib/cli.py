@@ -239,7 +239,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from vadr1_lib.cluster import preflight
 
     try:
-        report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None)
+        report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None,
+                               machines=args.machines)
     except preflight.PreflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a few real release rows and 2 steps: the check before renting GPUs")
     _add_profile_args(p, default="qlora-24gb")
     p.add_argument("--scratch", default=None, help="folder for everything it writes (default: runs/preflight/<profile>)")
+    p.add_argument("--machines", type=int, default=1, metavar="N",
+                   help="run the multi-process stages across N machines, all on this host (127.0.0.1, CPU, one "
+                        "process each), started as srun starts one task per node")
     p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser("report", help="the results table from runs/<profile>/metrics (optionally into README.md)")

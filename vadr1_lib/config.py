@@ -154,6 +154,7 @@ class Relation:
 RELATIONS = (
     Relation("video.min_frames", "<=", "video.max_frames"),
     Relation("video.min_pixels", "<=", "video.max_pixels"),
+    Relation("launch.machine_rank", "<", "launch.num_machines"),
 )
 
 
@@ -304,7 +305,18 @@ class EvalConfig:
 
 @dataclass
 class LaunchConfig:
-    num_processes: Annotated[int, AT_LEAST_ONE] = 1  # > 1: stages are launched with `accelerate launch`
+    """How the training stages are started (``vadr1_lib.cluster.launch``): in this process, or
+    under ``accelerate launch`` on several processes and machines (``docs/cluster.md``)."""
+
+    # Processes per machine (one per GPU); more than one in all: `accelerate launch`.
+    num_processes: Annotated[int, AT_LEAST_ONE] = 1
+    # Machines (nodes) that each run num_processes of one stage; > 1: every machine runs the
+    # same command (scripts/slurm_full_multinode.sbatch) and its rank and the main machine's
+    # address come from the scheduler (SLURM_NODEID, SLURM_JOB_NODELIST) or the two fields below.
+    num_machines: Annotated[int, AT_LEAST_ONE] = 1
+    machine_rank: Annotated[int | None, NON_NEGATIVE] = None  # this machine's rank, by hand (RELATIONS)
+    main_process_ip: str | None = None  # the address of the machine of rank 0, by hand
+    main_process_port: Annotated[int, Range(low=1, high=65535)] = 29500
     accelerate_config_sft: str | None = None  # relative to configs/accelerate/
     accelerate_config_grpo: str | None = None
     torch_threads: Annotated[int, NON_NEGATIVE] = 0  # 0: leave torch's default; CPU profiles set it deliberately
