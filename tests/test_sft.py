@@ -430,11 +430,13 @@ def test_a_diverging_run_stops_at_its_step_and_a_rerun_resumes_from_the_last_goo
 
 
 class _StubAccelerator:
-    def __init__(self, skipped):
+    def __init__(self, skipped, other_process_flags=(0.0, 0.0)):
         self.optimizer_step_was_skipped = skipped
+        self.other_process_flags = torch.tensor(other_process_flags)
 
     def reduce(self, tensor, reduction):
-        return tensor
+        assert reduction == "sum"
+        return tensor + self.other_process_flags  # as summed over this process and one other
 
 
 class _StubTrainer:
@@ -450,7 +452,7 @@ class _DivergenceStub(common.StopsOnDivergence, _StubTrainer):
         self._initial_global_step = 0
 
 
-def test_an_fp16_overflow_that_the_loss_scaler_skipped_is_not_divergence():
+def test_an_fp16_overflow_the_loss_scaler_skipped_is_not_divergence_and_every_process_decides_alike():
     skipped = _DivergenceStub(skipped=True)
     skipped._maybe_log_save_evaluate(torch.tensor(2.0), float("inf"))
     assert skipped.saved  # the scaler skipped the step and lowers its scale: training goes on
@@ -461,3 +463,31 @@ def test_an_fp16_overflow_that_the_loss_scaler_skipped_is_not_divergence():
         with pytest.raises(TrainingDiverged, match=f"p/sft diverged at step 7 of 9: {what}"):
             stepped._maybe_log_save_evaluate(loss, norm)
         assert not stepped.saved  # nothing of the step logged or saved
+    finite_here = _DivergenceStub(skipped=False)
+    finite_here.accelerator = _StubAccelerator(False, other_process_flags=(1.0, 0.0))  # another process's loss is NaN
+    with pytest.raises(TrainingDiverged, match="the loss is not finite"):
+        finite_here._maybe_log_save_evaluate(torch.tensor(2.0), 1.0)  # so this one stops too, instead of waiting
+    assert not finite_here.saved
+
+
+@pytest.mark.slow
+def test_every_process_of_a_diverging_deepspeed_run_stops_and_the_launch_ends(tmp_path):
+    """Two processes under DeepSpeed ZeRO-2 (CPU, gloo): both stop at the diverging step, the
+    launch ends with an error instead of one process waiting for the other."""
+    import os
+    import subprocess
+    import sys
+
+    from vadr1_lib import paths
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vadr1_lib", "sft", "--profile", "ci", "--set", "sft.learning_rate=1e12",
+         "--set", "sft.max_steps=4", "--set", "sft.save_steps=1", "--set", "launch.num_processes=2",
+         "--set", "launch.accelerate_config_sft=zero2.yaml", "--set", "launch.device=cpu",
+         "--set", "train.mixed_precision=bf16"],
+        capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=600,
+        env={**os.environ, "VADR1_RUNS": str(tmp_path)})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.count("error: ci/sft diverged at step 2 of 4") == 2  # one line per process
+    assert "error: sft under accelerate failed (exit status 1)" in result.stderr
+    assert StageMarker(tmp_path / "ci" / "sft").read() is None
