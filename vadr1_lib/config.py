@@ -127,11 +127,10 @@ POSITIVE = Range(low=0, low_open=True)
 NON_NEGATIVE = Range(low=0)
 AT_LEAST_ONE = Range(low=1)
 FINITE = Range()
-FRACTION = Range(low=0, high=1)
 FRACTION_BELOW_ONE = Range(low=0, high=1, high_open=True)
 COUNT_OR_UNSET = Range(low=1, also=(-1,))  # -1: not set (epochs decide; every test video)
 SEED = Range(low=0, high=2**32 - 1)  # numpy's seeds
-PIXELS = Range(low=28 * 28)  # one 28 x 28 patch group: one video token per frame
+PIXELS = Range(low=28 * 28)  # one merged 28 x 28 patch: the smallest frame the processor encodes
 FRAME_SIDE = Range(low=28)
 REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of grpo.reward_weights and the reward functions
 LENGTH_RANGE = Range(low=0, count=2, ascending=True, meaning="fewest and most tokens")
@@ -167,8 +166,8 @@ class DataConfig:
     video_root: str | None = None  # local root the release's absolute paths are remapped onto (relative: to VADR1_DATA)
     footage: str | None = None  # folder of the user's own normal footage (default: OpenCV's vtest.avi)
     n_sft_train: Annotated[int, AT_LEAST_ONE] = 200
-    n_rl: Annotated[int, AT_LEAST_ONE] = 100
-    n_test: Annotated[int, AT_LEAST_ONE] = 60
+    n_rl: Annotated[int, NON_NEGATIVE] = 100  # 0: an empty split (a build of the SFT clips only)
+    n_test: Annotated[int, NON_NEGATIVE] = 60
     clip_frames: Annotated[int, Range(low=2)] = 32  # frames per generated clip (sampling takes them in pairs)
     clip_fps: Annotated[float, POSITIVE] = 4.0  # frame rate of the generated clips
     frame_width: Annotated[int, FRAME_SIDE] = 112  # generated clips are stored at this size
