@@ -1,4 +1,9 @@
+import dataclasses
+import math
+import typing
+
 import pytest
+import yaml
 
 from vadr1_lib import config
 
@@ -110,3 +115,120 @@ def test_the_profile_table_shows_only_what_applies_to_each_profile():
     cpu = config.load_profile("cpu")
     assert (table["sft.max_steps"]["cpu"] == config.NOT_APPLICABLE) == (cpu.sft.max_steps <= 0)
     assert (table["sft.num_train_epochs"]["cpu"] == config.NOT_APPLICABLE) == (cpu.sft.max_steps > 0)
+
+
+def _leaf_fields(cls=config.Profile, prefix=""):
+    """(dotted key, annotation) of every field a YAML file or ``--set`` can give."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        if f.name in config.RESERVED_FIELDS:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaf_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hints[f.name]
+
+
+NUMERIC_FIELDS = {key: hint for key, hint in _leaf_fields() if config.numeric_type(hint) is not None}
+
+
+def _declared_range(hint):
+    return next((extra for extra in getattr(hint, "__metadata__", ()) if isinstance(extra, config.Range)), None)
+
+
+def test_the_walk_finds_every_kind_of_numeric_field():
+    kinds = {key: config.numeric_type(hint) for key, hint in NUMERIC_FIELDS.items()}
+    assert kinds["sft.learning_rate"] is float and kinds["model.tiny.hidden_size"] is int  # nested sections too
+    assert kinds["launch.gpu_memory_gib"] is float and kinds["grpo.reward_weights"] is float  # optional, list
+    assert kinds["grpo.length_range_normal"] is int
+    assert "grpo.use_ava" not in NUMERIC_FIELDS and "model.name_or_path" not in NUMERIC_FIELDS  # bool, str
+
+
+def test_every_numeric_field_declares_its_valid_range():
+    """A field added without a range would take any value, NaN included: declare one beside it."""
+    undeclared = [key for key, hint in NUMERIC_FIELDS.items() if _declared_range(hint) is None]
+    assert not undeclared, f"numeric profile fields without a config.Range: {undeclared}"
+
+
+def _outside(valid: config.Range, kind: type) -> list:
+    """Values just outside ``valid`` (NaN and infinity for floats); for a list range, lists
+    with one such item, one item too many, or out of order."""
+    numbers = [bound for bound in ((valid.low if valid.low_open else valid.low - 1) if valid.low is not None else None,
+                                   (valid.high if valid.high_open else valid.high + 1) if valid.high is not None else None)
+               if bound is not None]
+    numbers = [kind(n) for n in numbers] + ([math.nan, math.inf, -math.inf] if kind is float else [])
+    numbers = [n for n in numbers if not valid.admits(n)]
+    if valid.count is None:
+        return numbers
+    inside = valid.low + 1 if valid.low is not None else 1
+    lists = [[kind(inside)] * (valid.count - 1) + [n] for n in numbers] + [[kind(inside)] * (valid.count + 1)]
+    if valid.ascending:
+        lists.append([kind(inside + 1), kind(inside)] + [kind(inside + 1)] * (valid.count - 2))
+    return lists
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC_FIELDS))
+def test_a_value_outside_a_fields_range_stops_with_one_line_from_set_yaml_and_notebook_overrides(key, tmp_path,
+                                                                                              monkeypatch):
+    hint = NUMERIC_FIELDS[key]
+    valid = _declared_range(hint)
+    assert valid is not None, f"{key} has no declared range"
+    described = valid.describe(integer=config.numeric_type(hint) is int)
+    bad_values = _outside(valid, config.numeric_type(hint))
+    assert bad_values, f"no value outside {key}'s range {described!r} to try"
+    (tmp_path / "profiles").mkdir()
+    monkeypatch.setattr(config.paths, "CONFIGS_DIR", tmp_path)
+    for bad in bad_values:
+        *sections, name = key.split(".")
+        nested: dict = {name: bad}
+        for section in reversed(sections):
+            nested = {section: nested}
+        (tmp_path / "profiles" / "bad.yaml").write_text(yaml.safe_dump(nested))
+        (tmp_path / "profiles" / "good.yaml").write_text("")
+        attempts = {"--set": ("good", [f"{key}={yaml.safe_dump(bad, default_flow_style=True).strip()}"]),
+                    "notebook": ("good", {key: bad}), "yaml": ("bad", None)}
+        for origin, (profile_name, overrides) in attempts.items():
+            with pytest.raises(config.ProfileError) as error:
+                config.load_profile(profile_name, overrides)
+            message = str(error.value)
+            assert "\n" not in message and f"{key}=" in message and described in message, (origin, bad, message)
+            assert (origin == "yaml") == message.startswith(str(tmp_path / "profiles" / "bad.yaml")), message
+
+
+@pytest.mark.parametrize(("override", "line"), [
+    ("grpo.learning_rate=nan", "grpo.learning_rate=nan is out of range: it must be a finite number > 0"),
+    ("sft.learning_rate=-1e-5", "sft.learning_rate=-1e-05 is out of range: it must be a finite number > 0"),
+    ("sft.max_steps=-5", "sft.max_steps=-5 is out of range: it must be -1 or an integer >= 1"),
+    ("grpo.max_steps=0", "grpo.max_steps=0 is out of range: it must be -1 or an integer >= 1"),
+    ("grpo.num_generations=1", "grpo.num_generations=1 is out of range: it must be an integer >= 2"),
+    ("grpo.top_p=1.5", "grpo.top_p=1.5 is out of range: it must be a finite number in (0, 1]"),
+    ("sft.warmup_ratio=1", "sft.warmup_ratio=1.0 is out of range: it must be a finite number in [0, 1)"),
+    ("train.lora_dropout=1.0", "train.lora_dropout=1.0 is out of range: it must be a finite number in [0, 1)"),
+    ("grpo.beta=-0.04", "grpo.beta=-0.04 is out of range: it must be a finite number >= 0"),
+    ("grpo.ava_trim_fraction=0", "grpo.ava_trim_fraction=0.0 is out of range: it must be a finite number in (0, 1)"),
+    ("video.max_pixels=100", "video.max_pixels=100 is out of range: it must be an integer >= 784"),
+    ("grpo.reward_weights=[1, 1, .inf, 1]", "grpo.reward_weights=[1.0, 1.0, inf, 1.0] is out of range: it must be a "
+     "list of 4, each a finite number (one per reward: accuracy, format, length, ava)"),
+    ("grpo.reward_weights=[2, 1, 1]", "grpo.reward_weights=[2.0, 1.0, 1.0] is out of range: it must be a list of 4, "
+     "each a finite number (one per reward: accuracy, format, length, ava)"),
+    ("grpo.length_range_normal=[300, 200]", "grpo.length_range_normal=[300, 200] is out of range: it must be a list "
+     "of 2, each an integer >= 0, in ascending order (fewest and most tokens)"),
+    ("video.min_frames=32", "configs/profiles/ci.yaml (with the overrides): video.min_frames=32 must be <= "
+     "video.max_frames=4"),
+    ("video.min_pixels=100352", "configs/profiles/ci.yaml (with the overrides): video.min_pixels=100352 must be <= "
+     "video.max_pixels=3136"),
+])
+def test_bad_settings_are_named_with_their_value_and_range(override, line):
+    with pytest.raises(config.ProfileError) as error:
+        config.load_profile("ci", [override])
+    assert str(error.value) == line
+
+
+def test_fields_that_must_agree_are_checked_once_every_override_is_applied(tmp_path, monkeypatch):
+    profile = config.load_profile("ci", ["video.min_frames=8", "video.max_frames=16"])  # 8 > 4 only in between
+    assert (profile.video.min_frames, profile.video.max_frames) == (8, 16)
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "bad.yaml").write_text("video:\n  min_frames: 16\n  max_frames: 8\n")
+    monkeypatch.setattr(config.paths, "CONFIGS_DIR", tmp_path)
+    with pytest.raises(config.ProfileError, match=r"bad.yaml: video.min_frames=16 must be <= video.max_frames=8$"):
+        config.load_profile("bad")

@@ -17,7 +17,7 @@ from vadr1_lib.config import load_profile
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import grpo, rewards
-from vadr1_lib.training.common import StageMarker
+from vadr1_lib.stage_marker import StageMarker
 
 ABNORMAL_OK = prompts.format_think(["A street.", "Flames appear.", "A fire is dangerous.", "It may spread."]) + "\n" + \
     prompts.format_answer_abnormal("Fire", "a fire starts", (0.25, 0.75), "centre", "fire is dangerous", "damage")
@@ -260,8 +260,69 @@ def test_reward_weights_name_every_reward_and_drop_avas_without_ava() -> None:
     assert grpo.reward_weights(profile, use_ava=True) == [2.0, 0.5, 0.5, 1.0]
     assert grpo.reward_weights(profile, use_ava=False) == [2.0, 0.5, 0.5]
     assert grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": None}), use_ava=True) is None  # 1 each
-    with pytest.raises(ValueError, match="one weight per reward"):
-        grpo.reward_weights(load_profile("ci", {"grpo.reward_weights": [1.0, 1.0]}), use_ava=True)
+
+
+def test_a_moved_run_folder_with_lora_stages_loads_and_is_reused(monkeypatch, tmp_path) -> None:
+    """A LoRA variant's SFT and GRPO adapters name their base by identity, not by the
+    absolute path PEFT writes: the run folder moved elsewhere (the old one gone) loads the
+    same weights and retrains nothing."""
+    import shutil
+
+    from vadr1_lib import notebook, paths
+    from vadr1_lib.training import sft
+
+    monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "runs"))
+    profile = load_profile("ci", {"grpo.weight_decay": 0.0})
+    stages.ensure_base_model(profile)  # the chapter's base, which the variant reuses from the profile's folder
+    lora = notebook.variant(profile, "lora", {"train.mode": "lora"})
+    trained = {"sft": stages.ensure_sft(lora), "grpo": stages.ensure_grpo(lora, use_ava=False)}
+    weights = {stage: {n: p.detach().clone() for n, p in modeling.load_model_and_processor(out, lora)[0].named_parameters()}
+               for stage, out in trained.items()}
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    monkeypatch.setenv("VADR1_RUNS", str(tmp_path / "moved"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a moved, finished stage was trained again")
+
+    monkeypatch.setattr(sft, "train", no_training)
+    monkeypatch.setattr(grpo, "train", no_training)
+    moved = {"sft": stages.ensure_sft(lora), "grpo": stages.ensure_grpo(lora, use_ava=False)}
+    assert moved == {stage: paths.runs_dir() / out.relative_to(tmp_path / "runs") for stage, out in trained.items()}
+    for stage, out in moved.items():
+        model, _ = modeling.load_model_and_processor(out, lora)
+        assert modeling.adapter_base(out) == str(out / "../../../base-model")  # the moved profile's base model
+        loaded = dict(model.named_parameters())
+        assert loaded.keys() == weights[stage].keys()
+        assert all(torch.equal(loaded[n], weights[stage][n]) for n in loaded)
+    shutil.rmtree(paths.runs_dir() / "ci" / "base-model")
+    with pytest.raises(FileNotFoundError, match=r"base model of adapter .* \((tiny|pretrain):"):
+        modeling.load_model_and_processor(moved["sft"], lora)
+
+
+def test_a_diverging_grpo_run_stops_at_its_step_and_a_rerun_resumes_from_the_last_good_checkpoint(ci) -> None:
+    """A learning rate far too large blows the policy up within a few steps: sampling from its
+    NaN scores would crash generate with torch's "probability tensor contains inf, nan"; the
+    step runs on to its NaN loss instead, which stops the stage there, unfinished."""
+    import re
+
+    from vadr1_lib import notebook
+    from vadr1_lib.training.common import TrainingDiverged
+
+    profile, _, _ = ci
+    # whatever the gradient (0 while the rollouts earn no reward), AdamW's weight decay times
+    # this learning rate blows the weights up
+    diverging = notebook.variant(profile, "diverging", {"grpo.max_steps": 5, "grpo.save_steps": 1,
+                                                         "grpo.learning_rate": 1e12, "grpo.weight_decay": 0.01})
+    out = grpo.stage_dir(diverging, use_ava=True)
+    with pytest.raises(TrainingDiverged) as first:
+        stages.ensure_grpo(diverging, use_ava=True)
+    step = int(re.search(r"ci/ava-grpo diverged at step (\d+) of 5: the loss", str(first.value)).group(1))
+    assert step > 1 and "this run started at step 0" in str(first.value)
+    newest = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert newest == step - 1 and StageMarker(out).read() is None
+    with pytest.raises(TrainingDiverged, match=rf"diverged at step {step} of 5: .* resumed at step {step - 1}\)"):
+        stages.ensure_grpo(diverging, use_ava=True)
+    assert StageMarker(out).read() is None
 
 
 def test_an_ava_setting_changes_the_ava_grpo_fingerprint_only(ci) -> None:

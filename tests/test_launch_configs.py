@@ -108,7 +108,8 @@ def test_sft_dry_run_prints_the_zero2_accelerate_command(release_sft_path) -> No
     assert "--config_file " + str(ACCELERATE_DIR / "zero2.yaml") in expected
 
 
-SBATCH_SCRIPTS = {"slurm_full_4xa100.sbatch": "full-4xa100", "slurm_qlora_24gb.sbatch": "qlora-24gb"}
+SBATCH_SCRIPTS = {"slurm_full_4xa100.sbatch": "full-4xa100", "slurm_qlora_24gb.sbatch": "qlora-24gb",
+                  "slurm_full_multinode.sbatch": "full-4xa100"}
 
 
 @pytest.mark.parametrize(("script", "profile_name"), SBATCH_SCRIPTS.items())
@@ -136,3 +137,75 @@ def test_the_printed_stage_command_is_the_one_that_runs_with_every_override() ->
     assert command[command.index("vadr1_lib"):] == ["vadr1_lib", "grpo", "--profile", "full-4xa100", "--no-ava",
                                                       "--set=grpo.max_steps=3", '--set=data.video_root="/videos"']
     assert stages.launch_command(load_profile("cpu"), "sft") is None  # one process: trained in place
+
+
+@pytest.mark.parametrize(("nodelist", "first"), [("gpu[07-08,12],cpu01", "gpu07"), ("node01", "node01"),
+                                                  ("a1,b2", "a1"), ("rack[1-2]-node[08-09]", "rack1-node08"),
+                                                  ("gpu-[3]", "gpu-3"), ("10.0.0.5", "10.0.0.5")])
+def test_the_main_machine_is_the_first_host_of_slurms_node_list(nodelist: str, first: str) -> None:
+    assert launch.first_host(nodelist) == first
+
+
+TWO_NODES = load_profile("full-4xa100", ["launch.num_machines=2"])
+
+
+def _machine_args(profile, monkeypatch, environ: dict[str, str]):
+    """The stage command one machine builds, parsed and validated as ``accelerate launch`` does, and
+    the torchrun arguments its DeepSpeed launch derives from it."""
+    for key in ("SLURM_NODEID", "SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    command = stages.launch_command(profile, "grpo")
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(command[3:]))
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command does
+    cmd, _ = prepare_deepspeed_cmd_env(args)
+    assert cmd is None  # DeepSpeed's "standard" multi-node launcher: torchrun on every machine, no ssh
+    return args
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_every_node_of_a_slurm_job_launches_its_part_with_its_rank_and_the_first_node_as_main(node, monkeypatch):
+    args = _machine_args(TWO_NODES, monkeypatch, {"SLURM_NODEID": str(node), "SLURM_JOB_NODELIST": "gpu[07-08]",
+                                                  "SLURM_JOB_NUM_NODES": "2"})
+    assert (args.num_processes, args.num_machines, args.machine_rank, args.main_process_ip) == (8, 2, node, "gpu07")
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", node, "4")  # 4 GPUs on each of 2 machines
+    assert args.rdzv_endpoint == f"gpu07:{TWO_NODES.launch.main_process_port}"  # torchrun's static rendezvous
+    assert args.use_deepspeed and args.zero_stage == 3
+
+
+def test_a_machines_rank_and_the_main_address_can_be_given_by_hand(monkeypatch):
+    by_hand = load_profile("full-4xa100", ["launch.num_machines=2", "launch.machine_rank=1",
+                                           "launch.main_process_ip=10.0.0.5", "launch.main_process_port=29600"])
+    args = _machine_args(by_hand, monkeypatch, {"SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "gpu07"})  # hand wins
+    assert (args.machine_rank, args.node_rank, args.rdzv_endpoint) == (1, 1, "10.0.0.5:29600")
+
+
+def test_a_multi_machine_launch_without_its_placement_or_with_the_wrong_node_count_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="launch.num_machines=2 needs this machine's rank and the main machine's"):
+        _machine_args(TWO_NODES, monkeypatch, {})
+    with pytest.raises(ValueError, match="this SLURM job has 3 nodes .* launch.num_machines=2"):
+        _machine_args(TWO_NODES, monkeypatch, {"SLURM_NODEID": "2", "SLURM_JOB_NODELIST": "gpu[1-3]",
+                                               "SLURM_JOB_NUM_NODES": "3"})
+    with pytest.raises(config.ProfileError, match="launch.machine_rank=2 must be < launch.num_machines=2"):
+        load_profile("full-4xa100", ["launch.num_machines=2", "launch.machine_rank=2"])
+
+
+def test_a_launch_across_machines_must_start_every_machines_processes(monkeypatch):
+    monkeypatch.setenv(launch.LAUNCHED_ENV, "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")  # one machine's 4, as a launch that saw no other machine
+    with pytest.raises(RuntimeError, match=r"started 4 process\(es\), the profile asks for 8 \(launch.num_processes=4 "
+                                           r"on each of launch.num_machines=2\)"):
+        launch.prepare_launched_process(TWO_NODES)
+
+
+def test_the_multinode_script_starts_each_stage_as_one_srun_task_per_node_on_every_node():
+    text = (paths.PROJECT_ROOT / "scripts" / "slurm_full_multinode.sbatch").read_text()
+    nodes = int(re.search(r"^#SBATCH --nodes=(\d+)$", text, re.MULTILINE).group(1))
+    assert nodes > 1 and re.search(r"^#SBATCH --ntasks-per-node=1$", text, re.MULTILINE)
+    for stage in ("sft", "grpo"):  # each stage a step of its own: the next starts when every node has finished
+        (line,) = [line for line in text.splitlines() if re.match(rf"srun .*-m vadr1_lib {stage} ", line)]
+        assert "--ntasks-per-node=1" in line and "--kill-on-bad-exit=1" in line and '"${MACHINES[@]}"' in line
+    assert 'MACHINES=(--set "launch.num_machines=${SLURM_JOB_NUM_NODES}")' in text
+    assert not re.search(r"^srun .*run-notebooks", text, re.MULTILINE)  # the notebooks run once, on the first node
+

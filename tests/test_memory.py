@@ -182,6 +182,16 @@ def test_full_4xa100_fits_80gb_with_zero2_sft_and_zero3_grpo() -> None:
     assert grpo.component("KV cache").bytes == 2 * 28 * 512 * grpo.sequence.total * 4 * 2
 
 
+def test_more_machines_shard_the_model_states_over_all_their_gpus() -> None:
+    one, two = (memory.plan_memory(config.load_profile("full-4xa100", [f"launch.num_machines={n}"])) for n in (1, 2))
+    for stage in ("sft", "grpo"):
+        assert (one.stage(stage).num_gpus, two.stage(stage).num_gpus) == (4, 8)
+        assert two.stage(stage).component("optimizer").bytes * 2 == pytest.approx(one.stage(stage).component("optimizer").bytes, abs=2)
+    assert two.stage("grpo").component("weights").bytes == 2 * two.parameters // 8
+    # generation gathers the whole policy on every GPU whatever the count: the GRPO peak falls by less than half
+    assert one.stage("grpo").peak_bytes / 2 < two.stage("grpo").peak_bytes < one.stage("grpo").peak_bytes
+
+
 def test_the_t4_profile_fits_with_a_margin_where_the_7b_would_not() -> None:
     plan = memory.plan_memory(config.load_profile("qlora-t4-16gb"))
     assert plan.capacity_gib == 15.0 and plan.stage("grpo").peak_bytes < 13 * memory.GIB  # 2 GiB to spare at least

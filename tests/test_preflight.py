@@ -1,5 +1,5 @@
 """preflight: every stage of each GPU profile, as configured, on this CPU (the slow ones take
-about 3 minutes each), and the substitutions it makes."""
+about 3 minutes each), across two machines on this host, and the substitutions it makes."""
 
 import os
 import re
@@ -61,6 +61,27 @@ def test_preflight_runs_every_stage_in_minutes_and_writes_only_its_scratch_folde
         assert ("DeepSpeed is not installed" in result.stdout) is not deepspeed
     checkpoint = scratch / "runs" / profile_name / "ava-grpo"
     assert (checkpoint / "logs").is_dir()  # the profile's tracker (TensorBoard) wrote beside the checkpoints
+
+
+@pytest.mark.slow
+def test_two_machines_on_this_host_run_sft_and_grpo_through_the_slurm_command_builder(release_sft_path, tmp_path):
+    """preflight --machines 2: each training stage started on two "machines" (127.0.0.1, one
+    CPU process each) with the SLURM variables srun gives each node's task; their DeepSpeed
+    launches join one world of two (gloo), each as its own machine rank. Short generations:
+    what is tested is the plumbing across machines, which the one-machine run above lacks."""
+    scratch = tmp_path / "scratch"
+    result = subprocess.run([sys.executable, "-m", "vadr1_lib", "preflight", "--profile", "full-4xa100", "--machines", "2",
+                             "--scratch", str(scratch), "--set", "grpo.max_completion_length=16",
+                             "--set", "eval.max_new_tokens=16"], capture_output=True, text=True, cwd=tmp_path, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("preflight of profile 'full-4xa100'"):]
+    details = dict(re.findall(r"^  (sft|grpo\+ava)\s+ok\s+[\d.]+\s+(.*)$", table, flags=re.MULTILINE))
+    assert "2 steps (full) on 2 machines" in details["sft"] and "2 steps on 2 machines" in details["grpo+ava"], table
+    for stage in ("sft", "grpo"):
+        for rank in (0, 1):
+            log = (scratch / "machines" / stage / f"machine-{rank}.log").read_text()
+            assert f"--num_processes 2 --num_machines 2 --machine_rank {rank} --main_process_ip 127.0.0.1" in log
+            assert f"process {rank} of 2: machine {rank} of 2, local process 0" in log  # one world, distinct ranks
 
 
 def test_without_deepspeed_the_same_command_runs_with_it_swapped_out(monkeypatch, tmp_path):

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from vadr1_lib import config, prompts, stages
 from vadr1_lib.data import corpus, dataset
 from vadr1_lib.model import modeling
-from vadr1_lib.training import common, pretrain
+from vadr1_lib.stage_marker import StageMarker
+from vadr1_lib.training import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_only_the_reply_and_its_end_of_turn_carry_the_loss(ci) -> None:
 def test_pretraining_trains_the_language_model_and_is_reused_with_the_same_settings(ci, capfd) -> None:
     base = stages.ensure_base_model(ci)
     init = stages.ensure_tiny_init(ci)
-    record = common.StageMarker(base).read()
+    record = StageMarker(base).read()
     assert record["stage"] == "pretrain" and record["global_step"] == 2
     steps, losses = pretrain.loss_curve(record)
     assert steps == [1, 2] and all(loss > 0 for loss in losses)
@@ -86,13 +87,13 @@ def test_pretraining_trains_the_language_model_and_is_reused_with_the_same_setti
     assert any("layers" in name for name in changed)  # the language model learnt
     assert not any(name.startswith(("visual", "model.visual")) and "merger" not in name for name in changed)
     assert modeling.tiny_model_info(base) == modeling.tiny_model_info(init)  # sizes and vocabulary travel along
-    assert common.model_identity(base) == f"pretrain:{record['fingerprint']}"
+    assert modeling.model_identity(base) == f"pretrain:{record['fingerprint']}"
 
     capfd.readouterr()
-    marker = (Path(base) / common.StageMarker.FILE).stat().st_mtime_ns
+    marker = (Path(base) / StageMarker.FILE).stat().st_mtime_ns
     assert stages.ensure_base_model(config.load_profile("ci")) == base  # same settings: reused, not retrained
     assert "pretraining the tiny model" not in capfd.readouterr().out
-    assert (Path(base) / common.StageMarker.FILE).stat().st_mtime_ns == marker
+    assert (Path(base) / StageMarker.FILE).stat().st_mtime_ns == marker
 
     other = config.load_profile("ci", {"pretrain.learning_rate": 2e-3})
     assert pretrain.fingerprint(other, init, stages.pretraining_corpus(other)) != record["fingerprint"]
@@ -102,7 +103,7 @@ def test_pretraining_trains_the_language_model_and_is_reused_with_the_same_setti
 def test_without_a_corpus_the_base_is_the_random_tiny_model(ci) -> None:
     off = config.load_profile("ci", {"pretrain.corpus_texts": 0})
     assert stages.ensure_base_model(off) == stages.ensure_tiny_init(off)
-    assert common.model_identity(stages.ensure_base_model(off)).startswith("tiny:")
+    assert modeling.model_identity(stages.ensure_base_model(off)).startswith("tiny:")
 
 
 def test_hub_models_skip_pretraining() -> None:
@@ -118,5 +119,5 @@ def test_the_sft_fingerprint_follows_the_pretrained_base(ci) -> None:
     base = stages.ensure_base_model(ci)
     random_start = stages.ensure_tiny_init(ci)
     assert sft.fingerprint(ci, base, splits.sft_train) != sft.fingerprint(ci, random_start, splits.sft_train)
-    record = json.loads((Path(base) / common.StageMarker.FILE).read_text())
+    record = json.loads((Path(base) / StageMarker.FILE).read_text())
     assert record["corpus_texts"] == ci.pretrain.corpus_texts

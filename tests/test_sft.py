@@ -1,5 +1,7 @@
 """SFT on the ci profile: the video is in the loss, each mode trains what it should, runs resume."""
 
+import re
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -7,8 +9,9 @@ from transformers import TrainerCallback
 from vadr1_lib import config, prompts, stages
 from vadr1_lib.data import dataset, video
 from vadr1_lib.model import modeling
-from vadr1_lib.training import sft
-from vadr1_lib.training.common import StageMarker
+from vadr1_lib.training import common, sft
+from vadr1_lib.training.common import TrainingDiverged
+from vadr1_lib.stage_marker import StageMarker
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +400,94 @@ def test_resuming_restores_the_checkpoints_weights(ci, tmp_path, mode):
     restored = {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert all(torch.equal(restored[n], saved_weights[n].detach()) for n in restored)
     assert any(not torch.equal(restored[n], start[n]) for n in restored)  # the checkpoint is not the base model
+
+
+def _checkpoint_steps(folder):
+    return sorted(int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("checkpoint-*"))
+
+
+def test_a_diverging_run_stops_at_its_step_and_a_rerun_resumes_from_the_last_good_checkpoint(ci):
+    """A learning rate far too large: the first step trains (finite loss), the second is NaN.
+    The stage stops there, unfinished, with checkpoint 1 kept; the rerun resumes from it and
+    stops at the same step (transformers alone trained on and saved a NaN model as finished)."""
+    from vadr1_lib import notebook
+
+    profile, _, _, _ = ci
+    diverging = notebook.variant(profile, "diverging", {"sft.max_steps": 4, "sft.save_steps": 1,
+                                                         "sft.learning_rate": 1e12})
+    out = sft.stage_dir(diverging)
+    with pytest.raises(TrainingDiverged) as first:
+        stages.ensure_sft(diverging)
+    step = int(re.search(r"ci/sft diverged at step (\d+) of 4: the loss", str(first.value)).group(1))
+    assert step > 1 and "this run started at step 0" in str(first.value)  # diverged, not NaN from the start
+    assert f"checkpoint-{step - 1}, is the last good step" in str(first.value)
+    assert StageMarker(out).read() is None and _checkpoint_steps(out)[-1] == step - 1  # nothing of the NaN step
+    kept, _ = modeling.load_model_and_processor(out / "checkpoints" / f"checkpoint-{step - 1}", diverging)
+    assert all(torch.isfinite(p).all() for p in kept.parameters())
+    with pytest.raises(TrainingDiverged, match=rf"diverged at step {step} of 4: .* resumed at step {step - 1}\)"):
+        stages.ensure_sft(diverging)
+    assert StageMarker(out).read() is None and _checkpoint_steps(out)[-1] == step - 1
+
+
+class _StubAccelerator:
+    def __init__(self, skipped, other_process_flags=(0.0, 0.0)):
+        self.optimizer_step_was_skipped = skipped
+        self.other_process_flags = torch.tensor(other_process_flags)
+
+    def reduce(self, tensor, reduction):
+        assert reduction == "sum"
+        return tensor + self.other_process_flags  # as summed over this process and one other
+
+
+class _StubTrainer:
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        self.saved = True
+
+
+class _DivergenceStub(common.StopsOnDivergence, _StubTrainer):
+    def __init__(self, skipped):
+        self.accelerator, self.saved = _StubAccelerator(skipped), False
+        self.state = type("State", (), {"global_step": 7, "max_steps": 9})()
+        self.args = type("Args", (), {"run_name": "p/sft", "output_dir": "/nonexistent"})()
+        self._initial_global_step = 0
+
+
+def test_an_fp16_overflow_the_loss_scaler_skipped_is_not_divergence_and_every_process_decides_alike():
+    skipped = _DivergenceStub(skipped=True)
+    skipped._maybe_log_save_evaluate(torch.tensor(2.0), float("inf"))
+    assert skipped.saved  # the scaler skipped the step and lowers its scale: training goes on
+    for loss, norm, what in ((torch.tensor(2.0), float("inf"), "the gradient norm \\(inf\\) is"),
+                             (torch.tensor(float("nan")), 1.0, "the loss is"),
+                             (torch.tensor(float("inf")), torch.tensor(float("nan")), "the loss and the gradient norm")):
+        stepped = _DivergenceStub(skipped=False)
+        with pytest.raises(TrainingDiverged, match=f"p/sft diverged at step 7 of 9: {what}"):
+            stepped._maybe_log_save_evaluate(loss, norm)
+        assert not stepped.saved  # nothing of the step logged or saved
+    finite_here = _DivergenceStub(skipped=False)
+    finite_here.accelerator = _StubAccelerator(False, other_process_flags=(1.0, 0.0))  # another process's loss is NaN
+    with pytest.raises(TrainingDiverged, match="the loss is not finite"):
+        finite_here._maybe_log_save_evaluate(torch.tensor(2.0), 1.0)  # so this one stops too, instead of waiting
+    assert not finite_here.saved
+
+
+@pytest.mark.slow
+def test_every_process_of_a_diverging_deepspeed_run_stops_and_the_launch_ends(tmp_path):
+    """Two processes under DeepSpeed ZeRO-2 (CPU, gloo): both stop at the diverging step, the
+    launch ends with an error instead of one process waiting for the other."""
+    import os
+    import subprocess
+    import sys
+
+    from vadr1_lib import paths
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vadr1_lib", "sft", "--profile", "ci", "--set", "sft.learning_rate=1e12",
+         "--set", "sft.max_steps=4", "--set", "sft.save_steps=1", "--set", "launch.num_processes=2",
+         "--set", "launch.accelerate_config_sft=zero2.yaml", "--set", "launch.device=cpu",
+         "--set", "train.mixed_precision=bf16"],
+        capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=600,
+        env={**os.environ, "VADR1_RUNS": str(tmp_path)})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stderr.count("error: ci/sft diverged at step 2 of 4") == 2  # one line per process
+    assert "error: sft under accelerate failed (exit status 1)" in result.stderr
+    assert StageMarker(tmp_path / "ci" / "sft").read() is None

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from vadr1_lib import config
@@ -170,14 +171,29 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_stage(ensure: Callable[[], Path]) -> Path | None:
+    """Run a training stage's ``ensure_*``; None (the reason printed as one line) when it
+    diverged or its launched processes failed."""
+    from vadr1_lib.cluster import launch
+    from vadr1_lib.training.common import TrainingDiverged
+
+    try:
+        return ensure()
+    except (TrainingDiverged, launch.LaunchFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    finally:
+        launch.finish_launched_process()
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
-    from vadr1_lib.cluster import launch
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     profile = _profile(args)
-    out = stages.ensure_sft(profile, dry_run=args.dry_run)
-    launch.finish_launched_process()
+    out = _train_stage(lambda: stages.ensure_sft(profile, dry_run=args.dry_run))
+    if out is None:
+        return 1
     marker = StageMarker(out).read()
     if marker and not args.dry_run:
         print(f"SFT ({marker['mode']}) of {marker['base_model']}: {marker['global_step']} steps in "
@@ -203,13 +219,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from vadr1_lib import stages
-    from vadr1_lib.cluster import launch
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     profile = _profile(args)
     use_ava = profile.grpo.use_ava and not args.no_ava
-    out = stages.ensure_grpo(profile, use_ava=use_ava, dry_run=args.dry_run)
-    launch.finish_launched_process()
+    out = _train_stage(lambda: stages.ensure_grpo(profile, use_ava=use_ava, dry_run=args.dry_run))
+    if out is None:
+        return 1
     marker = StageMarker(out).read()
     if marker and not args.dry_run:
         step = "" if marker["mean_step_seconds"] is None else f", {marker['mean_step_seconds']:.2f} s/step"
@@ -223,7 +239,8 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     from vadr1_lib.cluster import preflight
 
     try:
-        report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None)
+        report = preflight.run(args.profile, args.overrides, scratch=Path(args.scratch) if args.scratch else None,
+                               machines=args.machines)
     except preflight.PreflightError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -359,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "a few real release rows and 2 steps: the check before renting GPUs")
     _add_profile_args(p, default="qlora-24gb")
     p.add_argument("--scratch", default=None, help="folder for everything it writes (default: runs/preflight/<profile>)")
+    p.add_argument("--machines", type=int, default=1, metavar="N",
+                   help="run the multi-process stages across N machines, all on this host (127.0.0.1, CPU, one "
+                        "process each), started as srun starts one task per node")
     p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser("report", help="the results table from runs/<profile>/metrics (optionally into README.md)")

@@ -7,7 +7,10 @@ or CLI command never branches on "which machine am I on": it reads numbers from 
 
 Why dataclasses and not a free-form dict: a typo in a YAML key or a ``--set`` override
 (``sft.max_step=3``) must fail loudly and list the valid keys, not be silently ignored
-while the run uses a default. Values are type-checked against the field annotations.
+while the run uses a default. Values are type-checked against the field annotations, and
+every numeric field declares its valid range beside it (:class:`Range`; fields that must
+agree with each other: :data:`RELATIONS`), so a NaN learning rate or a negative step count
+stops with one line instead of training.
 
 Selecting a profile:
 - CLI: ``python -m vadr1_lib <command> --profile cpu --set sft.max_steps=3``
@@ -21,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -54,7 +58,103 @@ def _load_yaml(text: str) -> Any:
 
 
 class ProfileError(ValueError):
-    """An unknown profile, an unknown key or a value of the wrong type."""
+    """An unknown profile, an unknown key, a value of the wrong type or out of its range."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric profile field accepts (for a list field: each item's), declared
+    once, beside the field, as ``Annotated[float, POSITIVE]``.
+
+    Why in the schema: a value that type-checks can still be nonsense that trains without a
+    word (``grpo.learning_rate=nan`` trained and saved a NaN model; ``sft.max_steps=-5`` was
+    read as "use the epochs"). Every value is checked where it is read, from a YAML file,
+    ``--set`` or a notebook's overrides alike, and always has to be finite.
+    ``tests/test_config.py`` walks every field and fails for a numeric one without a range.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the bound itself is outside
+    high_open: bool = False
+    also: tuple[int, ...] = ()  # accepted besides the bounds: -1 for "not set"
+    count: int | None = None  # a list field: exactly this many items ...
+    ascending: bool = False  # ... each at least the one before
+    meaning: str = ""  # what a list's items are, for the message
+
+    def admits(self, value: Any) -> bool:
+        if value is None:  # an optional field left unset; its type says whether None is allowed
+            return True
+        if isinstance(value, list):
+            return ((self.count is None or len(value) == self.count) and all(map(self._admits_number, value))
+                    and (not self.ascending or all(a <= b for a, b in zip(value, value[1:]))))
+        return self._admits_number(value)
+
+    def _admits_number(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self, integer: bool) -> str:
+        """The range in words, e.g. "a finite number > 0", "-1 or an integer >= 1"."""
+        noun = "an integer" if integer else "a finite number"
+        low, high = (_number_text(bound) if bound is not None else None for bound in (self.low, self.high))
+        if low is not None and high is not None:
+            text = f"{noun} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        elif low is not None:
+            text = f"{noun} {'>' if self.low_open else '>='} {low}"
+        elif high is not None:
+            text = f"{noun} {'<' if self.high_open else '<='} {high}"
+        else:
+            text = noun
+        text = " or ".join([*map(_number_text, self.also), text])
+        if self.count is not None:
+            text = f"a list of {self.count}, each {text}"
+        if self.ascending:
+            text += ", in ascending order"
+        return f"{text} ({self.meaning})" if self.meaning else text
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+POSITIVE = Range(low=0, low_open=True)
+NON_NEGATIVE = Range(low=0)
+AT_LEAST_ONE = Range(low=1)
+FINITE = Range()
+FRACTION_BELOW_ONE = Range(low=0, high=1, high_open=True)
+COUNT_OR_UNSET = Range(low=1, also=(-1,))  # -1: not set (epochs decide; every test video)
+SEED = Range(low=0, high=2**32 - 1)  # numpy's seeds
+PIXELS = Range(low=28 * 28)  # one merged 28 x 28 patch: the smallest frame the processor encodes
+FRAME_SIDE = Range(low=28)
+REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of grpo.reward_weights and the reward functions
+LENGTH_RANGE = Range(low=0, count=2, ascending=True, meaning="fewest and most tokens")
+
+
+@dataclass(frozen=True)
+class Relation:
+    """Two fields that must agree (``first <op> second``), checked once every override is
+    applied: ``--set`` of both may pass through a disagreeing middle state."""
+
+    first: str
+    op: str  # "<=" or "<"
+    second: str
+
+    def holds(self, profile: Profile) -> bool:
+        a, b = get_field(profile, self.first), get_field(profile, self.second)
+        return a is None or b is None or (a <= b if self.op == "<=" else a < b)
+
+
+RELATIONS = (
+    Relation("video.min_frames", "<=", "video.max_frames"),
+    Relation("video.min_pixels", "<=", "video.max_pixels"),
+    Relation("launch.machine_rank", "<", "launch.num_machines"),
+)
 
 
 @dataclass
@@ -65,46 +165,46 @@ class DataConfig:
     release_dir: str | None = None  # folder of the release JSONL files (default: paths.release_dir())
     video_root: str | None = None  # local root the release's absolute paths are remapped onto (relative: to VADR1_DATA)
     footage: str | None = None  # folder of the user's own normal footage (default: OpenCV's vtest.avi)
-    n_sft_train: int = 200
-    n_rl: int = 100
+    n_sft_train: Annotated[int, AT_LEAST_ONE] = 200
+    n_rl: Annotated[int, NON_NEGATIVE] = 100  # 0: an empty split (a build of the SFT clips only)
     # Mini's validation split: clips drawn like the test split's (the held-out part of the
     # footage) but other clips. Settings are chosen on it; the test split is scored once.
-    n_val: int = 0
-    n_test: int = 60
-    clip_frames: int = 32  # frames per generated clip
-    clip_fps: float = 4.0  # frame rate of the generated clips
-    frame_width: int = 112  # generated clips are stored at this size
-    frame_height: int = 112
-    seed: int = 0
+    n_val: Annotated[int, NON_NEGATIVE] = 0
+    n_test: Annotated[int, NON_NEGATIVE] = 60
+    clip_frames: Annotated[int, Range(low=2)] = 32  # frames per generated clip (sampling takes them in pairs)
+    clip_fps: Annotated[float, POSITIVE] = 4.0  # frame rate of the generated clips
+    frame_width: Annotated[int, FRAME_SIDE] = 112  # generated clips are stored at this size
+    frame_height: Annotated[int, FRAME_SIDE] = 112
+    seed: Annotated[int, SEED] = 0
 
 
 @dataclass
 class VideoConfig:
     """How frames reach the model (``docs/fidelity.md``, "Video input" and "Inference")."""
 
-    train_fps: float = 2.0  # training: about 2 frames per second ...
-    min_frames: int = 4  # ... at least this many ...
-    max_frames: int = 16  # ... at most this many
-    infer_frames: int = 16  # inference: this many frames uniformly over the clip
-    max_pixels: int = 128 * 28 * 28  # pixel cap per frame (sides are multiples of 28)
-    min_pixels: int = 4 * 28 * 28
+    train_fps: Annotated[float, POSITIVE] = 2.0  # training: about 2 frames per second ...
+    min_frames: Annotated[int, AT_LEAST_ONE] = 4  # ... at least this many ...
+    max_frames: Annotated[int, AT_LEAST_ONE] = 16  # ... at most this many (RELATIONS)
+    infer_frames: Annotated[int, AT_LEAST_ONE] = 16  # inference: this many frames uniformly over the clip
+    max_pixels: Annotated[int, PIXELS] = 128 * 28 * 28  # pixel cap per frame (sides are multiples of 28)
+    min_pixels: Annotated[int, PIXELS] = 4 * 28 * 28
 
 
 @dataclass
 class TinyModelConfig:
     """Sizes of the locally built Qwen2.5-VL (ignored when loading a hub checkpoint)."""
 
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_hidden_size: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 2
-    vision_intermediate_size: int = 128
-    tokens_per_second: int = 4  # temporal position ids per second of video
-    corpus_extra_texts: int = 0  # unused texts beyond the prompts and targets (vocabulary)
+    hidden_size: Annotated[int, AT_LEAST_ONE] = 128
+    num_layers: Annotated[int, AT_LEAST_ONE] = 4
+    num_heads: Annotated[int, AT_LEAST_ONE] = 4
+    num_kv_heads: Annotated[int, AT_LEAST_ONE] = 2
+    intermediate_size: Annotated[int, AT_LEAST_ONE] = 256
+    vision_hidden_size: Annotated[int, AT_LEAST_ONE] = 64
+    vision_depth: Annotated[int, AT_LEAST_ONE] = 2
+    vision_heads: Annotated[int, AT_LEAST_ONE] = 2
+    vision_intermediate_size: Annotated[int, AT_LEAST_ONE] = 128
+    tokens_per_second: Annotated[int, AT_LEAST_ONE] = 4  # temporal position ids per second of video
+    corpus_extra_texts: Annotated[int, NON_NEGATIVE] = 0  # unused texts beyond the prompts and targets (vocabulary)
     # "restricted": Qwen2.5's BPE cut down to the corpus (fast on a CPU); "full": all of it,
     # with the Hub checkpoints' 151,936 embedding rows and real token ids (what preflight uses).
     vocabulary: str = "restricted"
@@ -117,7 +217,7 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     dtype: str = "float32"  # float32 | bfloat16 | float16
     attn_implementation: str = "sdpa"
-    seed: int = 0
+    seed: Annotated[int, SEED] = 0
 
 
 @dataclass
@@ -125,20 +225,20 @@ class PretrainConfig:
     """Text-only next-token training of the tiny model before SFT (``vadr1_lib.training.pretrain``):
     the stand-in for the reading a Hub model has done. Hub models skip it."""
 
-    corpus_texts: int = 0  # texts in the corpus (vadr1_lib.data.corpus); 0: no pretraining
+    corpus_texts: Annotated[int, NON_NEGATIVE] = 0  # texts in the corpus (vadr1_lib.data.corpus); 0: no pretraining
     corpus: str = "template"  # template: whole P2C-CoT targets; language: the same words without tags
-    learning_rate: float = 3e-3
-    num_train_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides epochs
-    per_device_train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 5.0
+    learning_rate: Annotated[float, POSITIVE] = 3e-3
+    num_train_epochs: Annotated[float, POSITIVE] = 2.0
+    max_steps: Annotated[int, COUNT_OR_UNSET] = -1  # > 0 overrides epochs
+    per_device_train_batch_size: Annotated[int, AT_LEAST_ONE] = 16
+    gradient_accumulation_steps: Annotated[int, AT_LEAST_ONE] = 1
+    max_grad_norm: Annotated[float, NON_NEGATIVE] = 5.0
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.08
-    weight_decay: float = 0.01
-    logging_steps: int = 5
-    save_steps: int = 100
-    seed: int = 0
+    warmup_ratio: Annotated[float, FRACTION_BELOW_ONE] = 0.08
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.01
+    logging_steps: Annotated[int, AT_LEAST_ONE] = 5
+    save_steps: Annotated[int, AT_LEAST_ONE] = 100
+    seed: Annotated[int, SEED] = 0
 
 
 @dataclass
@@ -153,92 +253,106 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     gradient_checkpointing: bool = True
     train_vision_encoder: bool = True  # full mode: False freezes all of it but the merger
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_r: Annotated[int, AT_LEAST_ONE] = 16
+    lora_alpha: Annotated[int, AT_LEAST_ONE] = 32
+    lora_dropout: Annotated[float, FRACTION_BELOW_ONE] = 0.05
 
 
 @dataclass
 class SFTConfig:
     """Supervised fine-tuning (``docs/fidelity.md``, "SFT")."""
 
-    learning_rate: float = 1e-6
-    num_train_epochs: float = 4.0
-    max_steps: int = -1  # > 0 overrides epochs
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 2
-    max_grad_norm: float = 5.0
+    learning_rate: Annotated[float, POSITIVE] = 1e-6
+    num_train_epochs: Annotated[float, POSITIVE] = 4.0
+    max_steps: Annotated[int, COUNT_OR_UNSET] = -1  # > 0 overrides epochs
+    per_device_train_batch_size: Annotated[int, AT_LEAST_ONE] = 1
+    gradient_accumulation_steps: Annotated[int, AT_LEAST_ONE] = 2
+    max_grad_norm: Annotated[float, NON_NEGATIVE] = 5.0  # 0: no clipping
     lr_scheduler_type: str = "constant"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
+    warmup_ratio: Annotated[float, FRACTION_BELOW_ONE] = 0.0
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.0
     assistant_only_loss: bool = True  # the release also trained on prompt tokens (False)
-    decision_weight: float = 1.0  # loss weight of the token that commits to the verdict (vadr1_lib.training.sft)
+    # loss weight of the token that commits to the verdict (vadr1_lib.training.sft)
+    decision_weight: Annotated[float, NON_NEGATIVE] = 1.0
     balanced_batches: bool = False  # every batch half Normal, half Abnormal (vadr1_lib.training.sft.ClassBalancedSampler)
-    logging_steps: int = 1
-    save_steps: int = 500
-    seed: int = 42
+    logging_steps: Annotated[int, AT_LEAST_ONE] = 1
+    save_steps: Annotated[int, AT_LEAST_ONE] = 500
+    seed: Annotated[int, SEED] = 42
 
 
 @dataclass
 class GRPOConfig:
     """(AVA-)GRPO reinforcement learning (``docs/fidelity.md``, "GRPO" and "Rewards")."""
 
-    num_generations: int = 4  # G completions per video
-    beta: float = 0.04  # KL coefficient
-    learning_rate: float = 1e-6
+    num_generations: Annotated[int, Range(low=2)] = 4  # G completions per video: a group's advantages need two
+    beta: Annotated[float, NON_NEGATIVE] = 0.04  # KL coefficient
+    learning_rate: Annotated[float, POSITIVE] = 1e-6
     lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.01
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4  # completions per device per step (TRL counts completions)
-    gradient_accumulation_steps: int = 1
-    max_completion_length: int = 768
-    temperature: float = 1.0
-    top_p: float = 0.95
-    top_k: int = 0  # 0: no top-k (TRL's default); the release sampled with generate's default, 50
-    max_grad_norm: float = 1.0  # the trainer's default; the release clipped at 5
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.01
+    num_train_epochs: Annotated[float, POSITIVE] = 1.0
+    max_steps: Annotated[int, COUNT_OR_UNSET] = -1
+    # completions per device per step (TRL counts completions)
+    per_device_train_batch_size: Annotated[int, AT_LEAST_ONE] = 4
+    gradient_accumulation_steps: Annotated[int, AT_LEAST_ONE] = 1
+    max_completion_length: Annotated[int, AT_LEAST_ONE] = 768
+    temperature: Annotated[float, POSITIVE] = 1.0
+    top_p: Annotated[float, Range(low=0, high=1, low_open=True)] = 0.95
+    top_k: Annotated[int, NON_NEGATIVE] = 0  # 0: no top-k (TRL's default); the release sampled with generate's default, 50
+    max_grad_norm: Annotated[float, NON_NEGATIVE] = 1.0  # the trainer's default; the release clipped at 5
     # Weights of accuracy, format, length and (with AVA) the AVA reward; None: 1 each, as the release.
-    reward_weights: list[float] | None = None
+    reward_weights: Annotated[list[float] | None,
+                              Range(count=len(REWARD_NAMES), meaning="one per reward: " + ", ".join(REWARD_NAMES))] = None
     balanced_batches: bool = False  # every step holds both verdicts (vadr1_lib.training.grpo.alternate_verdicts)
     use_ava: bool = True
-    ava_abnormal_bonus: float = 0.5
-    ava_normal_penalty: float = -0.2
-    ava_trim_fraction: float = 0.3
+    ava_abnormal_bonus: Annotated[float, FINITE] = 0.5
+    ava_normal_penalty: Annotated[float, FINITE] = -0.2
+    ava_trim_fraction: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.3
     # Who gets the verification bonus: "paper" (any Abnormal answer whose cut leaves a Normal
     # answer) or "label" (only where the RL set's weak label is Abnormal: no false alarm is paid).
     ava_rule: str = "paper"
     # Where a re-query's verdict is read: "which" (its <which>) or "deciding-token" (the first
     # words that commit to a verdict, learnt from the SFT targets; for templates like Mini's).
     ava_verdict: str = "which"
-    length_bonus: float = 0.2
-    length_range_normal: list[int] = field(default_factory=lambda: [140, 261])
-    length_range_abnormal: list[int] = field(default_factory=lambda: [233, 456])
-    logging_steps: int = 1
-    save_steps: int = 500
-    seed: int = 42
+    length_bonus: Annotated[float, FINITE] = 0.2
+    length_range_normal: Annotated[list[int], LENGTH_RANGE] = field(default_factory=lambda: [140, 261])
+    length_range_abnormal: Annotated[list[int], LENGTH_RANGE] = field(default_factory=lambda: [233, 456])
+    logging_steps: Annotated[int, AT_LEAST_ONE] = 1
+    save_steps: Annotated[int, AT_LEAST_ONE] = 500
+    seed: Annotated[int, SEED] = 42
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 8
-    max_new_tokens: int = 1024
+    batch_size: Annotated[int, AT_LEAST_ONE] = 8
+    max_new_tokens: Annotated[int, AT_LEAST_ONE] = 1024
     do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    bootstrap_resamples: int = 1000
-    max_test_videos: int = -1  # > 0 evaluates only the first N test videos
+    temperature: Annotated[float, POSITIVE] = 1.0
+    top_p: Annotated[float, Range(low=0, high=1, low_open=True)] = 1.0
+    bootstrap_resamples: Annotated[int, NON_NEGATIVE] = 1000  # 0: no confidence intervals
+    max_test_videos: Annotated[int, COUNT_OR_UNSET] = -1  # > 0 evaluates only the first N test videos
 
 
 @dataclass
 class LaunchConfig:
-    num_processes: int = 1  # > 1: stages are launched with `accelerate launch`
+    """How the training stages are started (``vadr1_lib.cluster.launch``): in this process, or
+    under ``accelerate launch`` on several processes and machines (``docs/cluster.md``)."""
+
+    # Processes per machine (one per GPU); more than one in all: `accelerate launch`.
+    num_processes: Annotated[int, AT_LEAST_ONE] = 1
+    # Machines (nodes) that each run num_processes of one stage; > 1: every machine runs the
+    # same command (scripts/slurm_full_multinode.sbatch) and its rank and the main machine's
+    # address come from the scheduler (SLURM_NODEID, SLURM_JOB_NODELIST) or the two fields below.
+    num_machines: Annotated[int, AT_LEAST_ONE] = 1
+    machine_rank: Annotated[int | None, NON_NEGATIVE] = None  # this machine's rank, by hand (RELATIONS)
+    main_process_ip: str | None = None  # the address of the machine of rank 0, by hand
+    main_process_port: Annotated[int, Range(low=1, high=65535)] = 29500
     accelerate_config_sft: str | None = None  # relative to configs/accelerate/
     accelerate_config_grpo: str | None = None
-    torch_threads: int = 0  # 0: leave torch's default; CPU profiles set it deliberately
+    torch_threads: Annotated[int, NON_NEGATIVE] = 0  # 0: leave torch's default; CPU profiles set it deliberately
     device: str = "auto"  # auto | cpu | cuda
     # Memory of one device in GiB, the budget plan-memory checks the stages against (None:
     # no verdict; CPU profiles plan host RAM).
-    gpu_memory_gib: float | None = None
+    gpu_memory_gib: Annotated[float | None, POSITIVE] = None
     # Where training logs go, as transformers' report_to names them ("tensorboard", "wandb",
     # ...); empty: nowhere. Logs land in <stage folder>/logs beside its checkpoints.
     report_to: list[str] = field(default_factory=list)
@@ -325,10 +439,17 @@ def load_profile(name: str, overrides: dict[str, Any] | list[str] | None = None,
     for reserved in RESERVED_FIELDS:
         if reserved in raw:
             raise ProfileError(f"{path}: {reserved!r} is set by load_profile, not in the YAML file")
-    profile = _build(Profile, {"name": name, **raw}, where=f"profile {name!r}")
+    shown = path.relative_to(paths.PROJECT_ROOT) if path.is_relative_to(paths.PROJECT_ROOT) else path
+    profile = _build(Profile, {"name": name, **raw}, where=str(shown))
     parsed = parse_overrides(overrides)
     for key, value in parsed.items():
         set_field(profile, key, value)
+    for relation in RELATIONS:
+        if not relation.holds(profile):
+            first, second = get_field(profile, relation.first), get_field(profile, relation.second)
+            origin = "" if {relation.first, relation.second}.isdisjoint(parsed) else " (with the overrides)"
+            raise ProfileError(f"{shown}{origin}: {relation.first}={first!r} must be {relation.op} "
+                               f"{relation.second}={second!r}")
     profile.overrides = tuple(f"{key}={json.dumps(value)}" for key, value in parsed.items())
     profile.variant = variant
     return profile
@@ -360,7 +481,7 @@ def set_field(profile: Profile, dotted_key: str, value: Any) -> None:
             shown = [f"{prefix}.{n}" if prefix else n for n in names]
             raise ProfileError(f"unknown key {dotted_key!r}; valid keys here: {', '.join(shown)}")
         if depth == len(parts) - 1:
-            hint = typing.get_type_hints(type(target))[part]
+            hint = typing.get_type_hints(type(target), include_extras=True)[part]
             if dataclasses.is_dataclass(hint):
                 raise ProfileError(f"{dotted_key!r} is a section; set one of its keys instead")
             setattr(target, part, _coerce(value, hint, dotted_key))
@@ -370,27 +491,51 @@ def set_field(profile: Profile, dotted_key: str, value: Any) -> None:
                 raise ProfileError(f"{'.'.join(parts[: depth + 1])!r} is not a section")
 
 
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+def _build(cls: type, raw: dict[str, Any], where: str, prefix: str = "") -> Any:
+    """``cls`` from a YAML mapping; ``where`` names the file in messages, ``prefix`` is the
+    section's dotted path (``model.tiny.``)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - valid)
     if unknown:
-        raise ProfileError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        section = f", section {prefix[:-1]!r}" if prefix else ""
+        raise ProfileError(f"{where}{section}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     kwargs = {}
     for key, value in raw.items():
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise ProfileError(f"{where}: section {key!r} must be a mapping")
-            kwargs[key] = _build(hint, value, where=f"{where}, section {key!r}")
+                raise ProfileError(f"{where}: section {prefix}{key!s} must be a mapping")
+            kwargs[key] = _build(hint, value, where, prefix=f"{prefix}{key}.")
         else:
-            kwargs[key] = _coerce(value, hint, f"{where}: {key}")
+            kwargs[key] = _coerce(value, hint, f"{where}: {prefix}{key}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against a field annotation; ints are accepted where floats are."""
+def numeric_type(hint: Any) -> type | None:
+    """``int`` or ``float`` for a numeric field's annotation (``float | None``, ``list[int]``,
+    with or without a :class:`Range`), None for any other (``bool`` included)."""
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return numeric_type(typing.get_args(hint)[0])
+    if origin in (typing.Union, types.UnionType, list):
+        kinds = {numeric_type(arg) for arg in typing.get_args(hint)} - {None}
+        return kinds.pop() if len(kinds) == 1 else None
+    return hint if hint in (int, float) else None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation (its type, and its :class:`Range` when it
+    has one); ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        kind, *extras = typing.get_args(hint)
+        value = _coerce(value, kind, where)
+        for valid in extras:
+            if isinstance(valid, Range) and not valid.admits(value):
+                raise ProfileError(f"{where}={value!r} is out of range: it must be "
+                                   f"{valid.describe(integer=numeric_type(kind) is int)}")
+        return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

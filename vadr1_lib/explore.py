@@ -15,11 +15,10 @@ from typing import Any
 import pandas as pd
 
 from vadr1_lib import notebook, parsing, plots
-from vadr1_lib.config import Profile
+from vadr1_lib.config import REWARD_NAMES, Profile
 from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.evaluation import metrics
 from vadr1_lib.training import rewards
-from vadr1_lib.training.grpo import REWARD_NAMES
 
 
 def reward_breakdown(completion: str, solution: str, profile: Profile, tokenizer: Any, *,

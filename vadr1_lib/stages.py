@@ -19,7 +19,7 @@ from vadr1_lib.cluster import launch
 from vadr1_lib.config import Profile
 from vadr1_lib.data import corpus, dataset
 from vadr1_lib.model import modeling
-from vadr1_lib.training.common import StageMarker, model_identity
+from vadr1_lib.stage_marker import StageMarker
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,9 @@ def _ensure_stage(profile: Profile, stage: str | None, label: str, out: Path, fi
     if command is not None:
         if dry_run:
             print(launch.format_command(command))
-        elif launch.run(command) != 0:
-            raise RuntimeError(f"{stage} under accelerate failed: {launch.format_command(command)}")
+        elif (code := launch.run(command)) != 0:
+            raise launch.LaunchFailed(f"{stage} under accelerate failed (exit status {code}): "
+                                      f"{launch.format_command(command)}")
         return out
     if dry_run:
         print(f"would train {label} in this process into {out}")
@@ -159,6 +160,8 @@ def _ensure_stage(profile: Profile, stage: str | None, label: str, out: Path, fi
     marker.begin(fingerprint)
     record = train()
     if launch.is_main_process():
+        if modeling.is_adapter(out):  # so that a moved run folder finds its base (modeling.adapter_base)
+            record["adapter_base"] = modeling.adapter_base_record(out)
         marker.finish(record)
     return out
 
@@ -198,7 +201,7 @@ def ensure_predictions(profile: Profile, label: str, model_path: str, *, prompt_
     suffix = "" if split == "test" else f"-{split}"
     out = profile.run_dir / "predictions" / f"{label}-{prompt_kind}{suffix}.jsonl"
     meta = out.with_suffix(".meta.json")
-    identity = {"model": model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
+    identity = {"model": modeling.model_identity(model_path), "model_config": asdict(profile.model), "eval": asdict(profile.eval),
                 "video": asdict(profile.video)}
     if meta.is_file() and json.loads(meta.read_text()) != json.loads(json.dumps(identity)):
         out.unlink(missing_ok=True)

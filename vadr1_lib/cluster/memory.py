@@ -10,7 +10,8 @@ shrink, then confirm with ``torch.cuda.max_memory_allocated`` on the real run.
 Units: bytes internally, GiB (2**30) in the table, because a "24 GB" or "80 GB" card holds
 24 or 80 GiB. Published figures quoted in GB (1e9) are compared in GB in the tests.
 
-The formula (Ψ = all parameters, Ψ_t = trainable ones, N = ``launch.num_processes``):
+The formula (Ψ = all parameters, Ψ_t = trainable ones, N = the processes over all machines,
+``launch.num_processes`` x ``launch.num_machines``):
 
 Model states, following the ZeRO paper (Rajbhandari et al. 2020, arXiv 1910.02054, section
 3.1: mixed-precision Adam holds 2Ψ + 2Ψ + KΨ bytes with K = 12 for the fp32 master weights
@@ -388,7 +389,7 @@ def layer_activation_bytes_per_token(hidden: int, kv_dim: int, intermediate: int
 
 def zero_stage_of(profile: Profile, stage: str) -> int:
     """The DeepSpeed ZeRO stage a training stage runs under; 0 in a single process or without DeepSpeed."""
-    if profile.launch.num_processes <= 1:
+    if launch.world_size(profile) <= 1:
         return 0
     path = launch.accelerate_config_path(profile, stage)
     config = yaml.safe_load(path.read_text()) or {}
@@ -479,7 +480,7 @@ def _activation_components(profile: Profile, spec: ModelSpec, batch: int, tokens
 
 
 def _stage_plan(profile: Profile, spec: ModelSpec, counts: ParameterCounts, stage: str, act: int) -> StagePlan:
-    n = max(1, profile.launch.num_processes)
+    n = launch.world_size(profile)
     zero = zero_stage_of(profile, stage)
     components = _model_state_components(profile, spec, counts, zero, n)
     w = _dtype_bytes(profile.model.dtype)

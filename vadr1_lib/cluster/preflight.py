@@ -29,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -49,6 +51,7 @@ STAND_IN_FPS = 30.0
 STAND_IN_SIZE = (320, 240)  # width, height: under the profiles' pixel cap, so the processor resizes as on real clips
 RL_STAND_IN_FRAMES = 300
 CPU_PROCESSES = 2
+MACHINES_HOST = "127.0.0.1"  # the main machine's address when --machines runs them all here
 
 # A tiny model: every part of Qwen2.5-VL at the smallest sizes that keep its structure.
 # The language model's projections take at least 64 inputs, bitsandbytes' 4-bit block size
@@ -196,9 +199,11 @@ def _accelerate_config_without_deepspeed(profile: config.Profile, stage: str, fo
                     "parallel without it, through the same command")
 
 
-def substitutions(profile: config.Profile, scratch: Path) -> tuple[list[str], list[str]]:
-    """The overrides that turn the profile into its pre-flight, and one line of explanation each."""
-    gpus = _cuda_devices()
+def substitutions(profile: config.Profile, scratch: Path, machines: int = 1) -> tuple[list[str], list[str]]:
+    """The overrides that turn the profile into its pre-flight, and one line of explanation
+    each. ``machines`` > 1: the multi-process stages run across that many machines, all on
+    this host's CPU, one process each."""
+    gpus = 0 if machines > 1 else _cuda_devices()
     overrides = [f"model.name_or_path={scratch / 'hub' / profile.model.name_or_path}",
                  f"data.release_dir={scratch / 'release'}", f"data.video_root={scratch / 'videos'}",
                  f"sft.max_steps={STEPS}", f"grpo.max_steps={STEPS}", "sft.save_steps=1", "grpo.save_steps=1"]
@@ -214,19 +219,35 @@ def substitutions(profile: config.Profile, scratch: Path) -> tuple[list[str], li
             overrides.append("model.dtype=float32")
             notes.append("dtype: float32 instead of float16 (a CPU emulates fp16 arithmetic: GRPO took 3.6x as long; "
                          "and accelerate applies fp16 autocast and loss scaling on a GPU only)")
+    if machines > 1 and profile.launch.num_processes <= 1:
+        raise PreflightError(f"profile {profile.name!r} trains in one process; --machines runs the stages of a "
+                             "multi-process profile (full-4xa100) across machines")
     if profile.launch.num_processes > 1:
-        processes = min(gpus, profile.launch.num_processes) if gpus else CPU_PROCESSES
+        if machines > 1:
+            processes = 1
+            overrides += [f"launch.num_machines={machines}", f"launch.main_process_port={_free_port()}"]
+            notes.append(f"machines: {machines} on this host ({MACHINES_HOST}, CPU, gloo), one process each instead "
+                         f"of {profile.launch.num_processes} GPUs, each stage started on every machine as srun starts "
+                         f"one task per node (its node's SLURM_NODEID); their logs in {scratch / 'machines'}")
+        else:
+            processes = min(gpus, profile.launch.num_processes) if gpus else CPU_PROCESSES
+            notes.append(f"processes: {processes} instead of {profile.launch.num_processes}"
+                         + ("" if gpus else " (CPU, gloo)"))
         overrides.append(f"launch.num_processes={processes}")
         if not gpus:
-            overrides.append(f"launch.torch_threads={max(1, (os.cpu_count() or 1) // processes)}")
-        notes.append(f"processes: {processes} instead of {profile.launch.num_processes}"
-                     + ("" if gpus else " (CPU, gloo)"))
+            overrides.append(f"launch.torch_threads={max(1, (os.cpu_count() or 1) // (processes * machines))}")
         for stage, key in launch.STAGE_CONFIG_FIELD.items():
             path, change = _accelerate_config_without_deepspeed(profile, stage, scratch / "accelerate")
             if change:
                 overrides.append(f"launch.{key}={path}")
                 notes.append(f"{stage}: {change}")
     return overrides, notes
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((MACHINES_HOST, 0))
+        return probe.getsockname()[1]
 
 
 def _has_deepspeed() -> bool:
@@ -267,20 +288,23 @@ def _timed(report: PreflightReport, name: str, work: Callable[[], str], log: Cal
     return ok
 
 
-def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path | None = None,
+def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path | None = None, machines: int = 1,
         log: Callable[[str], None] = print) -> PreflightReport:
-    """Pre-flight the profile (module docstring) and report each stage's outcome and time."""
+    """Pre-flight the profile (module docstring) and report each stage's outcome and time;
+    with ``machines`` > 1 its training stages run across that many machines on this host."""
     from vadr1_lib import stages
     from vadr1_lib.evaluation import scores
     from vadr1_lib.model import modeling
-    from vadr1_lib.training.common import StageMarker
+    from vadr1_lib.stage_marker import StageMarker
 
     requested = config.load_profile(profile_name, overrides)
     if requested.data.dataset != "release" or requested.model.name_or_path == "tiny":
         raise PreflightError(f"profile {profile_name!r} already runs on this machine's data and model; "
                              "preflight is for the profiles that train a Hub checkpoint on the release")
+    if machines < 1:
+        raise PreflightError(f"--machines must be at least 1, got {machines}")
     scratch = Path(scratch or default_scratch(profile_name)).resolve()
-    extra, notes = substitutions(requested, scratch)
+    extra, notes = substitutions(requested, scratch, machines)
     profile = config.load_profile(profile_name, [*(overrides or []), *extra])
     modeling.configure_threads(profile)
     report = PreflightReport(profile_name, scratch, notes)
@@ -296,16 +320,38 @@ def run(profile_name: str, overrides: list[str] | None = None, *, scratch: Path 
             return f"{model_dir.name}: {modeling.tiny_model_info(model_dir)['parameters']:,} parameters; " + ", ".join(
                 f"{len(r)} rows of {name}" for name, r in rows.items())
 
+        where = f" on {machines} machines" if machines > 1 else ""
+
+        def on_machines(stage: str, cli_args: list[str]) -> None:
+            """Start the stage's command on every machine, as srun would: each machine's
+            ``accelerate launch`` comes from the same command builder as on a cluster."""
+            command = [sys.executable, "-m", "vadr1_lib", stage, "--profile", profile_name, *cli_args,
+                       *(f"--set={o}" for o in profile.overrides)]
+            log(f"    on each of {machines} machines: {launch.format_command(command)}")
+            folder = scratch / "machines" / stage
+            codes = launch.run_as_machines_here(command, machines, folder, {"CUDA_VISIBLE_DEVICES": ""})
+            for rank, code in enumerate(codes):
+                log(f"    machine {rank}: exit status {code}, log {folder / f'machine-{rank}.log'}")
+            if any(codes):
+                raise launch.LaunchFailed(f"{stage} failed on machine(s) "
+                                          f"{', '.join(str(r) for r, c in enumerate(codes) if c)}; see their logs")
+
         def train_sft() -> str:
+            if machines > 1:
+                on_machines("sft", [])
             marker = StageMarker(stages.ensure_sft(profile)).read()
-            return f"{marker['global_step']} steps ({profile.train.mode}), {marker['train_seconds']:.0f} s training"
+            return (f"{marker['global_step']} steps ({profile.train.mode}){where}, "
+                    f"{marker['train_seconds']:.0f} s training")
 
         use_ava = profile.grpo.use_ava
 
         def train_grpo() -> str:
+            if machines > 1:
+                on_machines("grpo", [] if use_ava else ["--no-ava"])
             marker = StageMarker(stages.ensure_grpo(profile, use_ava=use_ava)).read()
             ava = "" if not use_ava else f", AVA re-queries {sum(call['queries'] for call in marker['ava_history'])}"
-            return f"{marker['global_step']} steps, reward {marker['reward_curves'].get('reward', [None])[-1]}{ava}"
+            return (f"{marker['global_step']} steps{where}, reward {marker['reward_curves'].get('reward', [None])[-1]}"
+                    f"{ava}")
 
         predictions: dict[str, Path] = {}
 

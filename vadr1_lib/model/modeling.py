@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +46,7 @@ from transformers.video_utils import VideoMetadata
 from vadr1_lib.config import ModelConfig, Profile, VideoConfig
 from vadr1_lib.data.video import VideoClip
 from vadr1_lib.model import tokenizer as qwen_tok
+from vadr1_lib.stage_marker import StageMarker
 
 # transformers draws tqdm bars while it loads and writes weights; a saved notebook keeps
 # them as "0%" lines. Stages print their own progress as text (vadr1_lib.progress).
@@ -195,6 +197,19 @@ def tiny_model_info(model_dir: Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
+def model_identity(model_path: str | Path) -> str:
+    """What a model *is*, independent of where it lies: a trained stage's fingerprint, the
+    tiny model's identity, else the name (a Hub id). Fingerprints and prediction caches use
+    this instead of the path, so a run folder copied or moved elsewhere is still recognised
+    and nothing retrains."""
+    folder = Path(model_path)
+    marker = StageMarker(folder).read() if folder.is_dir() else None
+    if marker is not None:
+        return f"{marker['stage']}:{marker['fingerprint']}"
+    info = tiny_model_info(folder) if folder.is_dir() else None
+    return f"tiny:{info.get('identity')}" if info else str(model_path)
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 # LoRA goes on the language model's attention and MLP projections only; the vision tower
 # (model.visual.*) keeps its pretrained weights (and, under QLoRA, full precision).
@@ -203,6 +218,42 @@ LORA_TARGET_MODULES = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_pro
 
 def is_adapter(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base_record(adapter_dir: str | Path) -> dict[str, str]:
+    """What a finished adapter stage keeps about its base model (``adapter_base`` in its
+    stage record, read by :func:`adapter_base`): the base's identity (:func:`model_identity`),
+    the path it was loaded from, and that path relative to the adapter's folder."""
+    base = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    record = {"identity": model_identity(base), "path": base}
+    if Path(base).is_dir():
+        record["relative_path"] = os.path.relpath(Path(base).resolve(), Path(adapter_dir).resolve())
+    return record
+
+
+def adapter_base(adapter_dir: str | Path) -> str:
+    """The base model an adapter folder was trained on, found by what it is.
+
+    Why not PEFT's ``base_model_name_or_path``: it is the absolute path the base was loaded
+    from, so a run folder moved to a cluster or a drive would load the base from the old
+    place, or fail. A finished stage's record (:func:`adapter_base_record`) keeps the base's
+    identity; the base is the first of two places whose model has that identity: where it
+    lay relative to the adapter (the base model of the same run folder, moved with it), then
+    the recorded path (a Hub id, or a folder outside the run folder). A checkpoint, which has
+    no stage record, names its base as PEFT does.
+    """
+    adapter_dir = Path(adapter_dir)
+    recorded = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    base = (StageMarker(adapter_dir).read() or {}).get("adapter_base")
+    if base is None:
+        return recorded
+    places = ([str(adapter_dir / base["relative_path"])] if "relative_path" in base else []) + [base["path"]]
+    for place in places:
+        if model_identity(place) == base["identity"]:
+            return place
+    raise FileNotFoundError(f"the base model of adapter {adapter_dir} ({base['identity']}) is in none of "
+                            f"{', '.join(places)}; put it back beside the run folder as it was trained "
+                            f"({base.get('relative_path', base['path'])} from the adapter)")
 
 
 def check_model_source(name_or_path: str | Path) -> None:
@@ -272,21 +323,21 @@ def load_model_and_processor(
     """Load a Qwen2.5-VL checkpoint (local folder, hub id, or LoRA adapter folder) and its processor.
 
     The same call loads the tiny folder on a CPU and ``Qwen/Qwen2.5-VL-7B-Instruct`` on a GPU;
-    an adapter folder (``adapter_config.json``) is loaded onto the base it names, quantized
-    again when it was trained with QLoRA. The processor's frame size comes from the profile.
+    an adapter folder (``adapter_config.json``) is loaded onto its base (:func:`adapter_base`),
+    quantized again when it was trained with QLoRA. The processor's frame size comes from the profile.
     """
     processor = load_processor(name_or_path, profile)
     if is_adapter(name_or_path):
         from peft import PeftModel
 
-        adapter = json.loads((Path(name_or_path) / ADAPTER_CONFIG).read_text())
-        from vadr1_lib.training.common import (
-            StageMarker,  # here: training imports this module
-        )
-
         stage = StageMarker(Path(name_or_path)).read() or {}
-        base = _load_base(adapter["base_model_name_or_path"], profile, quantize=stage.get("mode") == "qlora")
+        base_path = adapter_base(name_or_path)
+        base = _load_base(base_path, profile, quantize=stage.get("mode") == "qlora")
         model = PeftModel.from_pretrained(base, str(name_or_path), is_trainable=trainable_adapter)
+        for adapter in model.peft_config.values():
+            # PEFT would save the adapter file's old path again; a stage trained further
+            # (GRPO from SFT's adapter) records the base where it was found.
+            adapter.base_model_name_or_path = base_path
     else:
         model = _load_base(name_or_path, profile, quantize=False)
     if getattr(model, "hf_quantizer", None) is None and not getattr(model, "is_loaded_in_4bit", False):

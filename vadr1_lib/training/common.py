@@ -1,26 +1,26 @@
-"""What SFT and GRPO share: the trainer settings, the train-resume-save step, the stage
-marker, and a byte-bounded cache.
+"""What SFT and GRPO share: the trainer settings, the train-resume-save step and a
+byte-bounded cache.
 
 Both stages run TRL's own loop (optimizer, schedule, checkpoints, accelerate/DeepSpeed,
 logging) with a small subclass each (:class:`vadr1_lib.training.sft.VideoSFTTrainer`,
 :class:`vadr1_lib.training.grpo.VideoGRPOTrainer`). What they have in common lives here
 once: the run settings every trainer takes from the profile (``train`` section: precision
 and memory; the stage's own section: batch, schedule, steps), how a stage resumes from its
-newest checkpoint and saves its result, and how a finished stage is recognised later.
+newest checkpoint and saves its result. How a finished stage is recognised later is
+:class:`vadr1_lib.stage_marker.StageMarker`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 from vadr1_lib.config import Profile
@@ -94,6 +94,7 @@ def trainer_arguments(profile: Profile, output_dir: Path, section: Any) -> dict[
         logging_steps=section.logging_steps,
         save_steps=section.save_steps,
         save_total_limit=2,
+        logging_nan_inf_filter=False,  # a NaN loss must reach StopsOnDivergence, not be logged as earlier ones' mean
         seed=section.seed,
         data_seed=section.seed,
         report_to=profile.launch.report_to or "none",
@@ -122,6 +123,54 @@ def train_and_save(trainer: Any, processor: Any, output_dir: Path, checkpoints: 
     if trainer.is_world_process_zero():
         processor.save_pretrained(str(output_dir))
     return seconds, resume
+
+
+class TrainingDiverged(RuntimeError):
+    """A training step's loss or gradient norm was NaN or infinite (:class:`StopsOnDivergence`)."""
+
+
+class StopsOnDivergence:
+    """Mixed into both trainers (before TRL's class): a step whose loss or gradient norm is
+    NaN or infinite stops training right there, with :class:`TrainingDiverged` naming the
+    step, before that step is logged or saved. So the stage is not marked finished, and its
+    newest checkpoint stays the last step whose loss and gradient were finite, the one a
+    rerun resumes from. Only ``_maybe_log_save_evaluate`` changes (the trainer calls it
+    after every optimizer step, on every process, before it logs or saves).
+
+    Why: transformers trains on through a NaN, and its ``logging_nan_inf_filter`` logs the
+    mean of earlier losses in its place (a diverging ci-profile SFT logged loss 0.0 beside a
+    NaN gradient norm, then saved a NaN model as a finished stage); ``trainer_arguments``
+    turns that filter off so the loss seen here is the loss computed. Every process takes
+    the same decision (the flags are summed over processes), so a multi-process run stops
+    on every rank instead of leaving the others waiting in the next collective. An infinite
+    gradient norm that a loss scaler (fp16) found is not divergence: the scaler skips that
+    step and lowers its scale.
+    """
+
+    def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        skipped = self.accelerator.optimizer_step_was_skipped
+        flags = torch.tensor([float(not bool(torch.isfinite(tr_loss).all())),
+                              float(grad_norm is not None and not skipped and not math.isfinite(float(grad_norm)))],
+                             device=tr_loss.device)
+        loss_bad, grad_bad = (bool(flag) for flag in self.accelerator.reduce(flags, reduction="sum"))
+        if loss_bad or grad_bad:
+            raise TrainingDiverged(self._divergence_report(loss_bad, grad_bad, grad_norm))
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _divergence_report(self, loss_bad: bool, grad_bad: bool, grad_norm: Any) -> str:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        step, start = self.state.global_step, self._initial_global_step
+        what = " and the ".join(name for name, bad in (("loss", loss_bad), (f"gradient norm ({float(grad_norm):g})", grad_bad))
+                                if bad)
+        newest = get_last_checkpoint(self.args.output_dir) if Path(self.args.output_dir).is_dir() else None
+        kept = (f"its newest checkpoint, {Path(newest).name}, is the last good step and what a rerun with these "
+                "settings resumes from" if newest else "no checkpoint was saved before it")
+        began = f"resumed at step {start}" if start else "started at step 0"
+        return (f"{self.args.run_name} diverged at step {step} of {self.state.max_steps}: the {what} "
+                f"{'are' if loss_bad and grad_bad else 'is'} not finite "
+                f"(this run {began}). Stopped before saving anything of step {step}, so the stage is not marked "
+                f"finished; {kept}. Lower the learning rate (new settings start the stage over).")
 
 
 class RestoresCheckpointWeights:
@@ -191,59 +240,3 @@ def log_beside_checkpoints(trainer: Any, logs: Path) -> None:
             callback.logging_dir = str(logs)
     if "wandb" in trainer.args.report_to:
         os.environ.setdefault("WANDB_DIR", str(logs))
-
-
-def model_identity(model_path: str | Path) -> str:
-    """What a model *is*, independent of where it lies: a trained stage's fingerprint, the
-    tiny model's identity, else the name (a Hub id). Fingerprints and prediction caches use
-    this instead of the path, so a run folder copied or moved elsewhere is still recognised
-    and nothing retrains."""
-    folder = Path(model_path)
-    marker = StageMarker(folder).read() if folder.is_dir() else None
-    if marker is not None:
-        return f"{marker['stage']}:{marker['fingerprint']}"
-    info = modeling.tiny_model_info(folder) if folder.is_dir() else None
-    return f"tiny:{info.get('identity')}" if info else str(model_path)
-
-
-@dataclass(frozen=True)
-class StageMarker:
-    """Whether a training stage's folder holds a finished result, and made with which settings.
-
-    A finished stage writes ``vadr1_stage.json`` (its fingerprint, mode, timing and log).
-    While it trains, ``pending-fingerprint`` holds the fingerprint of the run in progress,
-    so that a later run with the same settings resumes its checkpoints and a run with other
-    settings throws them away instead.
-    """
-
-    folder: Path
-    FILE: ClassVar[str] = "vadr1_stage.json"
-    PENDING: ClassVar[str] = "pending-fingerprint"
-
-    def read(self) -> dict[str, Any] | None:
-        path = Path(self.folder) / self.FILE
-        return json.loads(path.read_text()) if path.is_file() else None
-
-    def finished_with(self, fingerprint: str) -> bool:
-        record = self.read()
-        return record is not None and record.get("fingerprint") == fingerprint
-
-    def begin(self, fingerprint: str) -> None:
-        """Remove a finished or partial result made with other settings, then note this run's."""
-        folder = Path(self.folder)
-        record = self.read()
-        pending = folder / self.PENDING
-        stale_result = record is not None and record.get("fingerprint") != fingerprint
-        stale_checkpoints = pending.is_file() and pending.read_text().strip() != fingerprint
-        if stale_result or stale_checkpoints:
-            print(f"{folder} was trained with other settings: starting over")
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        pending.write_text(fingerprint)
-
-    def finish(self, record: dict[str, Any]) -> None:
-        """Mark the stage finished with ``record`` (which must carry its ``fingerprint``)."""
-        if "fingerprint" not in record:
-            raise ValueError("a stage record needs the fingerprint it was trained with")
-        (Path(self.folder) / self.FILE).write_text(json.dumps(record, indent=2) + "\n")
-        (Path(self.folder) / self.PENDING).unlink(missing_ok=True)

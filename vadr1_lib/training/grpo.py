@@ -43,7 +43,7 @@ import trl
 from trl.kernels.chunked_logprob import _use_triton
 
 from vadr1_lib import prompts
-from vadr1_lib.config import Profile, VideoConfig
+from vadr1_lib.config import REWARD_NAMES, Profile, VideoConfig
 from vadr1_lib.data import dataset, taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.training import common, rewards
@@ -56,7 +56,7 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 INSPECT_POSITION = "inspect_position"  # a rollout's index in generation order (only while inspecting)
 
 
-class VideoGRPOTrainer(common.RestoresCheckpointWeights, trl.GRPOTrainer):
+class VideoGRPOTrainer(common.StopsOnDivergence, common.RestoresCheckpointWeights, trl.GRPOTrainer):
     """``GRPOTrainer`` whose log-prob forwards see the video (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -264,14 +264,13 @@ def fingerprint(profile: Profile, start_model: str | Path, rl_file: Path, *, use
     settings["reward_weights"] = reward_weights(profile, use_ava=use_ava)
     if not use_ava:
         settings = {key: value for key, value in settings.items() if key not in AVA_ONLY_FIELDS}
-    blob = json.dumps({"start": common.model_identity(start_model),
+    blob = json.dumps({"start": modeling.model_identity(start_model),
                        "rl": hashlib.sha256(Path(rl_file).read_bytes()).hexdigest(), "use_ava": use_ava,
                        "model": asdict(profile.model), "video": asdict(profile.video), "grpo": settings,
                        "train_settings": asdict(profile.train)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of reward_functions and grpo.reward_weights
 # TRL's per-step logs kept beside the rewards: the total reward, the KL to the reference, the mean
 # completion length, the share of groups with no reward spread (whose advantages are all 0).
 TRAINING_CURVES = ("reward", "kl", "completions/mean_length", "frac_reward_zero_std")
@@ -293,7 +292,12 @@ def training_arguments(profile: Profile, output_dir: Path, processor: Any, *, us
         reward_weights=reward_weights(profile, use_ava=use_ava),
         shuffle_dataset=not g.balanced_batches,  # balanced: the alternating order of rl_dataset is kept
         # TRL suppresses only the image token; any vision token in a completion breaks the next forward.
-        generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist()},
+        # A policy that diverged (weights blown up without a NaN yet) scores tokens NaN, and
+        # sampling from them fails inside generate with torch's "probability tensor contains
+        # inf, nan"; with those scores replaced the step runs on to its NaN loss, which stops
+        # training with the step named (common.StopsOnDivergence). Finite scores are untouched.
+        generation_kwargs={"suppress_tokens": modeling.vision_token_ids(processor).tolist(),
+                           "remove_invalid_values": True},
         loss_type="grpo",
         scale_rewards="group",
     )
@@ -311,12 +315,10 @@ def thirds(values: list[float]) -> tuple[float, float, float]:
 
 def reward_weights(profile: Profile, *, use_ava: bool) -> list[float] | None:
     """``grpo.reward_weights`` for the rewards in use (AVA's dropped without AVA); None: 1 each."""
-    weights = profile.grpo.reward_weights
+    weights = profile.grpo.reward_weights  # one per REWARD_NAMES (the profile's schema checks it)
     if weights is None:
         return None
-    if len(weights) != len(REWARD_NAMES):
-        raise ValueError(f"grpo.reward_weights needs one weight per reward ({', '.join(REWARD_NAMES)}), got {weights}")
-    return list(weights if use_ava else weights[:-1])
+    return list(weights if use_ava else weights[:REWARD_NAMES.index("ava")])
 
 
 @dataclass

@@ -14,7 +14,7 @@ wrote salad when the same reports had to follow the prompt and the video's token
 
 It runs transformers' own ``Trainer`` (checkpoints, resume, schedule) through the same
 :func:`vadr1_lib.training.common.train_and_save` as SFT and GRPO, and is marked finished
-with a :class:`~vadr1_lib.training.common.StageMarker` whose fingerprint names the tiny
+with a :class:`~vadr1_lib.stage_marker.StageMarker` whose fingerprint names the tiny
 model it starts from, the corpus and the ``pretrain`` settings, so SFT's fingerprint (which
 holds the base's identity) follows any change here.
 """
@@ -78,8 +78,8 @@ class ReplyCollator:
         return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
-class PretrainTrainer(common.RestoresCheckpointWeights, Trainer):
-    """transformers' ``Trainer``; only resuming is changed (see the mixin)."""
+class PretrainTrainer(common.StopsOnDivergence, common.RestoresCheckpointWeights, Trainer):
+    """transformers' ``Trainer``, stopping at a NaN and resuming as SFT and GRPO do (the mixins)."""
 
 
 def stage_dir(profile: Profile) -> Path:
@@ -92,7 +92,7 @@ def corpus_sha256(texts: list[Reply]) -> str:
 
 def fingerprint(profile: Profile, init_model: str | Path, texts: list[Reply]) -> str:
     """What a pretrained base depends on: the tiny model it starts from, the corpus, the settings."""
-    blob = json.dumps({"init": common.model_identity(init_model), "corpus": corpus_sha256(texts),
+    blob = json.dumps({"init": modeling.model_identity(init_model), "corpus": corpus_sha256(texts),
                        "pretrain": asdict(profile.pretrain), "precision": profile.train.mixed_precision},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -216,7 +216,7 @@ def sft_dataset(records: list[dataset.SFTRecord], tokenizer: Any) -> datasets.Da
     ])
 
 
-class VideoSFTTrainer(common.RestoresCheckpointWeights, SFTTrainer):
+class VideoSFTTrainer(common.StopsOnDivergence, common.RestoresCheckpointWeights, SFTTrainer):
     """``SFTTrainer`` with the weighted, mask-free loss and the balanced sampler described in
     the module docstring.
 
@@ -284,7 +284,7 @@ def stage_dir(profile: Profile) -> Path:
 
 def fingerprint(profile: Profile, base_model: str, train_file: Path) -> str:
     """What an SFT result depends on; a cached result with another fingerprint is not reused."""
-    blob = json.dumps({"base": common.model_identity(base_model), "train": hashlib.sha256(train_file.read_bytes()).hexdigest(),
+    blob = json.dumps({"base": modeling.model_identity(base_model), "train": hashlib.sha256(train_file.read_bytes()).hexdigest(),
                        "model": asdict(profile.model), "video": asdict(profile.video),
                        "train_settings": asdict(profile.train), "sft": asdict(profile.sft)},
                       sort_keys=True)
