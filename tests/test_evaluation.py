@@ -284,3 +284,20 @@ def test_answer_kinds_separate_what_the_reward_and_the_evaluation_read_different
                                         "no <which>": 1}
     assert kinds["normal videos"] == {"Normal": 1, "Abnormal, well-formed": 0, "Abnormal, malformed": 0,
                                       "no <which>": 1}  # a missing prediction claims nothing
+
+
+def test_category_accuracy_and_recall_at_k_split_by_ground_truth(tmp_path) -> None:
+    """A model that answers Normal everywhere: right on every normal video (category and IoU 1),
+    wrong on every abnormal one; the overall figures are the normal videos' half."""
+    from vadr1_lib.evaluation import scores
+
+    truth = [_record("a", True), _record("b", False), _record("c", True), _record("d", False)]
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"video": r.video, "output": "<which>Normal</which>"}) + "\n" for r in truth))
+    split = scores.by_ground_truth(pred, truth)
+    assert split["normal videos"] == {"videos": 2, "category accuracy (strict)": 1.0, "mIoU (release)": 1.0,
+                                      "R@0.5 (release)": 1.0}
+    assert split["abnormal videos"] == {"videos": 2, "category accuracy (strict)": 0.0, "mIoU (release)": 0.0,
+                                        "R@0.5 (release)": 0.0}
+    whole = scores.evaluate_file(pred, truth, text_metrics=False, bootstrap_resamples=0)
+    assert whole["strict"]["category"]["accuracy"] == 0.5 and whole["temporal"]["r@0.5"] == 0.5

@@ -333,6 +333,24 @@ def compare_files(before_file: Path, after_file: Path, truth: Sequence[dataset.S
                               score_videos(after.texts, truth, match_by=after.match_by, text_metrics=False), **kwargs)
 
 
+def by_ground_truth(pred_file: Path, truth: Sequence[dataset.SFTRecord]) -> dict[str, dict[str, float | int]]:
+    """Category accuracy (strict) and the release's mIoU and R@0.5, on the abnormal and on the
+    normal test videos apart. Both figures average over *every* video: a normal video answered
+    Normal names the right category and scores IoU 1, so this says how much of each figure
+    the normal videos alone make."""
+    predictions = load_prediction_texts(Path(pred_file))
+    scored = score_videos(predictions.texts, truth, match_by=predictions.match_by, text_metrics=False)
+    result = {}
+    for name, wanted in (("abnormal videos", True), ("normal videos", False)):
+        part = [s for s in scored if s.gt_abnormal == wanted]
+        ious = [s.release.iou for s in part if s.release is not None]
+        result[name] = {"videos": len(part),
+                        "category accuracy (strict)": float(np.mean([s.pred_category == s.gt_category for s in part])),
+                        "mIoU (release)": float(np.mean(ious)) if ious else None,
+                        "R@0.5 (release)": metrics.temporal_scores(ious)["r@0.5"] if ious else None}
+    return result
+
+
 ANSWER_KINDS = ("Normal", "Abnormal, well-formed", "Abnormal, malformed", "no <which>")
 
 
