@@ -78,9 +78,13 @@ def ensure_tiny_init(profile: Profile) -> str:
     profile's training targets (the dataset is built first when missing), the prompts and
     the pretraining corpus. Test answers stay out so the vocabulary does not peek.
     """
+    return _tiny_init(profile, pretraining_corpus(profile))
+
+
+def _tiny_init(profile: Profile, replies: list[corpus.Reply]) -> str:
     splits = data_splits(profile)
     texts = [record.target_text for record in dataset.load_sft(splits.sft_train, video_root=splits.video_root)]
-    texts += [reply.text for reply in pretraining_corpus(profile)]
+    texts += [reply.text for reply in replies]
     identity = modeling.tiny_model_identity(profile.model, texts)
     for out in (profile.tiny_init_dir, _profile_own(profile, profile.tiny_init_dir)):
         info = modeling.tiny_model_info(out)
@@ -100,10 +104,10 @@ def ensure_base_model(profile: Profile) -> str:
         return profile.model.name_or_path
     from vadr1_lib.training import pretrain
 
-    init = ensure_tiny_init(profile)
-    if profile.pretrain.corpus_texts <= 0:
+    texts = pretraining_corpus(profile)  # built once: it makes the vocabulary and is what the stage reads
+    init = _tiny_init(profile, texts)
+    if not texts:
         return init
-    texts = pretraining_corpus(profile)
     out = pretrain.stage_dir(profile)
     fingerprint = pretrain.fingerprint(profile, init, texts)
 
