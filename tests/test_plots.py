@@ -64,3 +64,15 @@ def test_verdict_histograms_leave_out_clips_without_a_deciding_token():
     fig = plots.verdict_histograms({"base": ([0.1, None], [0.9]), "SFT": ([0.2], [0.8, 0.7])})
     counts = [sum(p.get_height() for p in ax.patches) for ax in fig.axes]
     assert counts == [2, 3]
+
+
+def test_the_taxonomy_keeps_each_main_class_with_its_sub_classes_in_one_column():
+    from vadr1_lib.data import taxonomy
+
+    fig = plots.taxonomy_tree(taxonomy.TAXONOMY)
+    texts = fig.axes[0].texts
+    column_of = {t.get_text(): int(t.get_position()[0] * 3) for t in texts}  # an indent stays inside its column
+    for mains in taxonomy.TAXONOMY.values():
+        for main, subs in mains.items():
+            assert {column_of[sub] for sub in subs} == {column_of[main]}, main
+    assert len({t.get_position()[0] // (1 / 3) for t in texts}) == 3

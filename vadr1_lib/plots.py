@@ -169,25 +169,35 @@ def curve_panels(runs: Mapping[str, Mapping[str, Sequence[float]]], panels: Sequ
 
 
 def taxonomy_tree(tree: Mapping[str, Mapping[str, Sequence[str]]], *, counts: Mapping[str, int] | None = None,
-                  save_to: str | Path | None = None) -> Figure:
-    """Types -> main classes -> sub classes as an indented chart, with counts when given."""
-    lines: list[tuple[int, str]] = []
+                  columns: int = 3, save_to: str | Path | None = None) -> Figure:
+    """Types -> main classes -> sub classes as an indented chart, with counts when given.
+
+    A main class and its sub classes stay together in one column; a type that goes on into
+    the next column is named again there ("(continued)")."""
+    blocks: list[tuple[str, list[tuple[int, str]]]] = []  # (type, lines of one main class)
     for type_name, mains in tree.items():
-        lines.append((0, type_name))
         for main_name, subs in mains.items():
-            lines.append((1, main_name))
-            for sub in subs:
-                suffix = f"  ({counts.get(sub, 0)})" if counts is not None else ""
-                lines.append((2, sub + suffix))
-    per_column = -(-len(lines) // 3)
-    fig, ax = plt.subplots(figsize=(13, 0.2 * per_column + 0.8))
+            suffix = (lambda sub: f"  ({counts.get(sub, 0)})") if counts is not None else (lambda sub: "")
+            blocks.append((type_name, [(1, main_name)] + [(2, sub + suffix(sub)) for sub in subs]))
+    target = (sum(len(lines) for _, lines in blocks) + len(tree)) / columns
+    laid_out: list[list[tuple[int, str]]] = [[]]
+    shown_type: str | None = None
+    for type_name, lines in blocks:
+        header = [] if type_name == shown_type else [(0, type_name)]
+        if laid_out[-1] and len(laid_out[-1]) + len(header) + len(lines) > target and len(laid_out) < columns:
+            laid_out.append([])
+            header = [(0, type_name + ("" if type_name != shown_type else " (continued)"))]
+        laid_out[-1] += header + lines
+        shown_type = type_name
+    rows = max(len(column) for column in laid_out)
+    fig, ax = plt.subplots(figsize=(13, 0.2 * rows + 0.8))
     ax.axis("off")
     styles = {0: dict(fontsize=11, fontweight="bold", color="black"),
               1: dict(fontsize=9.5, fontweight="bold", color="tab:blue"),
               2: dict(fontsize=9, color="dimgray")}
-    for i, (level, text) in enumerate(lines):
-        column, row = divmod(i, per_column)
-        ax.text(column / 3 + 0.02 * level, 1 - row / per_column, text, transform=ax.transAxes, va="top", **styles[level])
+    for column, lines in enumerate(laid_out):
+        for row, (level, text) in enumerate(lines):
+            ax.text(column / columns + 0.02 * level, 1 - row / rows, text, transform=ax.transAxes, va="top", **styles[level])
     fig.tight_layout()
     return _save(fig, save_to)
 
