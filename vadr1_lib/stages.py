@@ -90,8 +90,8 @@ def _tiny_init(profile: Profile, replies: list[corpus.Reply]) -> str:
         info = modeling.tiny_model_info(out)
         if info is not None and info.get("identity") == identity and (out / "model.safetensors").is_file():
             return str(out)
-    print(f"building the tiny Qwen2.5-VL in {profile.tiny_init_dir} (its vocabulary from {len(texts)} texts: "
-          "the training targets, the pretraining corpus and the prompts) ...", flush=True)
+    print(f"building the tiny Qwen2.5-VL in {profile.tiny_init_dir} (its vocabulary from {len(set(texts))} distinct "
+          "texts: the training targets and the pretraining corpus; and the prompts) ...", flush=True)
     modeling.build_tiny_model(profile, profile.tiny_init_dir, texts)
     return str(profile.tiny_init_dir)
 
