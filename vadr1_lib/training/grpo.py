@@ -378,7 +378,7 @@ def reward_functions(profile: Profile, processor: Any, trainer_getter: Any, *, u
                      reference: list[tuple[str, bool]] = ()) -> list[Any]:
     """Accuracy, format and length (and AVA), in the order of :data:`REWARD_NAMES`; ``reference``
     (:func:`verdict_reference`) shows AVA where a verdict is decided."""
-    funcs: list[Any] = [rewards.accuracy_reward, rewards.format_reward,
+    funcs: list[Any] = [rewards.accuracy_reward, rewards.FormatReward(profile.grpo.format_rule),
                         rewards.LengthReward(profile.grpo, processor.tokenizer)]
     if use_ava:
         funcs.append(rewards.AnomalyVerificationReward(trainer_getter, processor, profile, profile.grpo.seed,

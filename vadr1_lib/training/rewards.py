@@ -102,6 +102,39 @@ def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     return [1.0 if parsing.parse_completion(completion_text(c)).format_valid else 0.0 for c in completions]
 
 
+FORMAT_RULES = ("any", "right")  # who is paid the format reward (FormatReward)
+
+
+class FormatReward:
+    """:func:`format_reward` as GRPO's reward, paid under ``grpo.format_rule``: ``"any"`` (the
+    paper's and the release's) pays every well-formed completion; ``"right"`` pays a
+    well-formed completion only when its verdict is right, as the length bonus does.
+
+    Why ``"right"`` exists: a Normal answer is short and nearly always well-formed, a long
+    Abnormal one breaks more often when sampled, so where the model cannot yet tell the
+    clips apart the format reward alone pays answering Normal (``docs/measurements.md``,
+    "The second data seed"). Paid on right answers only, it still holds the template
+    together but no longer prefers one verdict.
+    """
+
+    __name__ = "format_reward"
+
+    def __init__(self, rule: str = "any") -> None:
+        if rule not in FORMAT_RULES:
+            raise ValueError(f"grpo.format_rule must be one of {', '.join(FORMAT_RULES)}, got {rule!r}")
+        self.rule = rule
+
+    def __call__(self, completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
+        formats = format_reward(completions)
+        if self.rule == "any":
+            return formats
+        if solution is None:
+            raise TypeError("format_rule 'right' needs the weak labels (solution)")
+        _check_lengths(completions, "solution", solution)
+        return [f if _accuracy(parsing.parse_completion(completion_text(c)), s) == 1.0 else 0.0
+                for f, c, s in zip(formats, completions, solution)]
+
+
 class LengthReward:
     """Group-aware length bonus: ``length_bonus`` for a correct completion whose token count
     lies in the range of its label, only in a group with more than one correct completion.
