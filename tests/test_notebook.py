@@ -64,3 +64,18 @@ def test_figures_follow_the_run_folder_unless_vadr1_figures_says_otherwise(monke
     plots.frame_grid(frames, save_to="grid.png")
     assert (tmp_path / "chosen" / "grid.png").is_file()
     assert profile.run_dir == tmp_path / "second" / "ci"
+
+
+def test_a_variant_applies_its_own_thread_count():
+    # Two runs side by side on 2 cores need one thread each; a variant that sets it and kept
+    # the profile's two ran several times slower (a second OpenMP thread spinning in the barrier).
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        profile = notebook.setup("ci")  # one thread
+        assert torch.get_num_threads() == profile.launch.torch_threads == 1
+        notebook.variant(profile, "two-threads", {"launch.torch_threads": 2})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -118,6 +118,9 @@ def variant(profile: config.Profile, name: str, overrides: dict[str, Any] | list
     (an exercise that retrained ``runs/cpu/sft`` would make the next chapter retrain it back)."""
     merged = {**config.parse_overrides(list(profile.overrides)), **config.parse_overrides(overrides)}
     result = config.load_profile(profile.name, merged, variant=name)
+    from vadr1_lib.model import modeling  # as in setup: a variant's launch.torch_threads applies too
+
+    modeling.configure_threads(result)
     print(f"variant {name!r} of {profile.name!r} ({', '.join(f'{k}={v!r}' for k, v in merged.items()) or 'no overrides'}): "
           f"outputs under {result.run_dir}")
     return result
