@@ -113,7 +113,7 @@ class FormatReward:
     Why ``"right"`` exists: a Normal answer is short and nearly always well-formed, a long
     Abnormal one breaks more often when sampled, so where the model cannot yet tell the
     clips apart the format reward alone pays answering Normal (``docs/measurements.md``,
-    "The second data seed"). Paid on right answers only, it still holds the template
+    "Against the pull toward Normal"). Paid on right answers only, it still holds the template
     together but no longer prefers one verdict.
     """
 
@@ -124,15 +124,11 @@ class FormatReward:
             raise ValueError(f"grpo.format_rule must be one of {', '.join(FORMAT_RULES)}, got {rule!r}")
         self.rule = rule
 
-    def __call__(self, completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
+    def __call__(self, completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
         formats = format_reward(completions)
         if self.rule == "any":
             return formats
-        if solution is None:
-            raise TypeError("format_rule 'right' needs the weak labels (solution)")
-        _check_lengths(completions, "solution", solution)
-        return [f if _accuracy(parsing.parse_completion(completion_text(c)), s) == 1.0 else 0.0
-                for f, c, s in zip(formats, completions, solution)]
+        return [f * a for f, a in zip(formats, accuracy_reward(completions, solution=solution))]
 
 
 class LengthReward:
