@@ -333,3 +333,27 @@ def test_an_ava_setting_changes_the_ava_grpo_fingerprint_only(ci) -> None:
     assert grpo.fingerprint(other, start, splits.rl, use_ava=True) != grpo.fingerprint(profile, start, splits.rl, use_ava=True)
     tuned = load_profile(profile.name, [*profile.overrides, "grpo.learning_rate=3e-4"])
     assert grpo.fingerprint(tuned, start, splits.rl, use_ava=False) != grpo.fingerprint(profile, start, splits.rl, use_ava=False)
+
+
+def test_rl_runs_side_by_side_train_in_their_own_processes_to_the_weights_of_runs_in_turn(tmp_path, monkeypatch, capsys):
+    """``launch.concurrent_runs`` 2 (the cpu profile's) starts both runs as CLI processes with
+    the profile's overrides; the weights are those of the same runs trained one after the other
+    in this process. A child that lost an override would train other weights, or leave its
+    run to be retrained here (a progress line of this process's own, without a run's name)."""
+    weights = {}
+    for concurrent in (2, 1):
+        monkeypatch.setenv("VADR1_RUNS", str(tmp_path / f"runs-{concurrent}"))
+        profile = load_profile("ci", {"grpo.learning_rate": 5e-3, "launch.concurrent_runs": concurrent})
+        runs = stages.ensure_rl_runs(profile)
+        weights[concurrent] = {name: modeling.load_model_and_processor(path, profile)[0].state_dict()
+                               for name, path in runs.items()}
+        printed = capsys.readouterr().out.splitlines()
+        if concurrent == 2:
+            assert any(line.startswith("[GRPO] grpo from") for line in printed)
+            assert any(line.startswith("[AVA-GRPO] ava-grpo from") for line in printed)
+            assert not [line for line in printed if line.startswith(("grpo:", "ava-grpo:"))]  # none trained here
+    sft = modeling.load_model_and_processor(stages.ensure_sft(profile), profile)[0].state_dict()
+    for name in stages.RL_RUNS:
+        side, in_turn = weights[2][name], weights[1][name]
+        assert all(torch.equal(side[key], in_turn[key]) for key in in_turn)
+        assert any(not torch.equal(in_turn[key], sft[key]) for key in sft)  # and RL did move them

@@ -209,3 +209,19 @@ def test_the_multinode_script_starts_each_stage_as_one_srun_task_per_node_on_eve
     assert 'MACHINES=(--set "launch.num_machines=${SLURM_JOB_NUM_NODES}")' in text
     assert not re.search(r"^srun .*run-notebooks", text, re.MULTILINE)  # the notebooks run once, on the first node
 
+
+
+def test_side_by_side_runs_print_each_line_after_its_name_and_one_failure_leaves_the_other_running(tmp_path, capsys):
+    printer = "import sys, time; print('first'); time.sleep(1.5); print('partial\\rredrawn'); sys.exit({code})"
+    codes = launch.run_side_by_side({"ok": [sys.executable, "-c", printer.format(code=0)],
+                                     "broken": [sys.executable, "-c", "import sys; print('gone'); sys.exit(3)"]},
+                                    tmp_path / "logs", poll_seconds=0.2)
+    assert codes == {"ok": 0, "broken": 3}  # the broken one exited first; the other still ended its work
+    lines = capsys.readouterr().out.splitlines()
+    assert "[ok] first" in lines and "[ok] redrawn" in lines and "[broken] gone" in lines
+    assert (tmp_path / "logs" / "ok.log").read_text().splitlines()[0] == "first"
+
+
+def test_side_by_side_runs_are_refused_for_a_profile_that_trains_on_several_processes():
+    with pytest.raises(ValueError, match="concurrent_runs=2 .* 4 processes"):
+        stages.ensure_rl_runs(load_profile("full-4xa100", {"launch.concurrent_runs": 2}))

@@ -352,6 +352,11 @@ class LaunchConfig:
     accelerate_config_sft: str | None = None  # relative to configs/accelerate/
     accelerate_config_grpo: str | None = None
     torch_threads: Annotated[int, NON_NEGATIVE] = 0  # 0: leave torch's default; CPU profiles set it deliberately
+    # How many independent training runs may train at once on this machine: notebook 04's
+    # GRPO and AVA-GRPO (stages.ensure_rl_runs), each in its own process with torch_threads /
+    # concurrent_runs threads. > 1 only for a stage that trains in one process (CPU profiles);
+    # a multi-process stage owns the machine's devices.
+    concurrent_runs: Annotated[int, AT_LEAST_ONE] = 1
     device: str = "auto"  # auto | cpu | cuda
     # Memory of one device in GiB, the budget plan-memory checks the stages against (None:
     # no verdict; CPU profiles plan host RAM).

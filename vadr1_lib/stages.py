@@ -9,6 +9,8 @@ the settings it was made with; other settings rebuild it instead of silently reu
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,6 +138,13 @@ def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = No
                                                       *[f"--set={o}" for o in profile.overrides]])
 
 
+def _finished(profile: Profile, out: Path, fingerprint: str) -> Path | None:
+    """The finished result with ``fingerprint``: ``out`` itself, or the profile's own folder
+    when ``out`` belongs to a variant (:func:`_profile_own`); None when neither is."""
+    own = _profile_own(profile, out)
+    return next((folder for folder in dict.fromkeys((out, own)) if StageMarker(folder).finished_with(fingerprint)), None)
+
+
 def _ensure_stage(profile: Profile, stage: str | None, label: str, out: Path, fingerprint: str, cli_args: list[str],
                   train: Callable[[], dict[str, Any]], dry_run: bool) -> Path:
     """Shared life cycle of a training stage: reuse a finished result with the same
@@ -144,12 +153,10 @@ def _ensure_stage(profile: Profile, stage: str | None, label: str, out: Path, fi
     process, discarding a stale partial result first, and mark the result finished with the
     record ``train`` returns. ``dry_run`` prints what would run instead."""
     marker = StageMarker(out)
-    if marker.finished_with(fingerprint):
-        return out
-    own = _profile_own(profile, out)
-    if own != out and StageMarker(own).finished_with(fingerprint):
-        print(f"{label}: the profile's own result has the same settings; using {own}")
-        return own
+    if (finished := _finished(profile, out, fingerprint)) is not None:
+        if finished != out:
+            print(f"{label}: the profile's own result has the same settings; using {finished}")
+        return finished
     command = launch_command(profile, stage, cli_args) if stage is not None else None
     if command is not None:
         if dry_run:
@@ -224,6 +231,13 @@ def test_records(profile: Profile, split: str = "test") -> list[dataset.SFTRecor
     return records[: profile.eval.max_test_videos] if profile.eval.max_test_videos > 0 else records
 
 
+def _grpo_stage(profile: Profile, start: Path, use_ava: bool) -> tuple[Path, str]:
+    """Where a (AVA-)GRPO result from ``start`` goes, and the fingerprint of its settings."""
+    from vadr1_lib.training import grpo
+
+    return grpo.stage_dir(profile, use_ava=use_ava), grpo.fingerprint(profile, start, data_splits(profile).rl, use_ava=use_ava)
+
+
 def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Path:
     """The (AVA-)GRPO result of the profile under ``runs/<profile>/ava-grpo/`` (``grpo/`` without
     AVA), trained from the profile's SFT result (itself built when missing).
@@ -235,8 +249,7 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
 
     start = ensure_sft(profile, dry_run=dry_run)
     splits = data_splits(profile)
-    out = grpo.stage_dir(profile, use_ava=use_ava)
-    fingerprint = grpo.fingerprint(profile, start, splits.rl, use_ava=use_ava)
+    out, fingerprint = _grpo_stage(profile, start, use_ava)
 
     def train() -> dict[str, Any]:
         result = grpo.train(profile, start, splits.rl, use_ava=use_ava, output_dir=out, video_root=splits.video_root,
@@ -245,3 +258,44 @@ def ensure_grpo(profile: Profile, *, use_ava: bool, dry_run: bool = False) -> Pa
 
     return _ensure_stage(profile, "grpo", "AVA-GRPO" if use_ava else "GRPO", out, fingerprint,
                          [] if use_ava else ["--no-ava"], train, dry_run)
+
+
+RL_RUNS = {"GRPO": False, "AVA-GRPO": True}  # notebook 04's two runs: name -> use_ava
+
+
+def ensure_rl_runs(profile: Profile, *, dry_run: bool = False) -> dict[str, Path]:
+    """GRPO and AVA-GRPO from the profile's SFT result (:func:`ensure_grpo` each), one after the
+    other, or side by side with ``launch.concurrent_runs`` 2 when both are to be trained.
+
+    Side by side, each run is its own ``python -m vadr1_lib grpo`` process with the profile's
+    overrides and ``launch.torch_threads / concurrent_runs`` threads; the SFT result they both
+    start from is built first, here. Why: a step of the cpu profile's 1M-parameter model keeps
+    two threads only partly busy (small matrices; generation one token at a time), so on two
+    cores two one-thread runs at once end sooner than two two-thread runs in turn, and the
+    weights are the same (training here does not depend on the thread count;
+    ``docs/measurements.md``, "Two RL runs side by side"). Each run's mean step is then measured
+    under the same load, so AVA-GRPO's cost against GRPO's stays a fair ratio.
+    """
+    if profile.launch.concurrent_runs == 1 or dry_run:
+        return {name: ensure_grpo(profile, use_ava=use_ava, dry_run=dry_run) for name, use_ava in RL_RUNS.items()}
+    if launch.world_size(profile) > 1:
+        raise ValueError(f"launch.concurrent_runs={profile.launch.concurrent_runs} trains runs side by side in one "
+                         f"process each; this profile trains a stage on {launch.world_size(profile)} processes "
+                         "(launch.num_processes x launch.num_machines), which own the machine's devices: set it to 1")
+    start = ensure_sft(profile)
+    to_train = {name: use_ava for name, use_ava in RL_RUNS.items() if _finished(profile, *_grpo_stage(profile, start, use_ava)) is None}
+    if len(to_train) > 1:
+        threads = max(1, (profile.launch.torch_threads or os.cpu_count() or 1) // profile.launch.concurrent_runs)
+        variant = [f"--variant={profile.variant}"] if profile.variant else []
+        commands = {name: [sys.executable, "-m", "vadr1_lib", "grpo", "--profile", profile.name, *variant,
+                           *([] if use_ava else ["--no-ava"]), *[f"--set={o}" for o in profile.overrides],
+                           f"--set=launch.torch_threads={threads}", "--set=launch.concurrent_runs=1"]
+                    for name, use_ava in to_train.items()}
+        print(f"training {' and '.join(commands)} side by side (launch.concurrent_runs={profile.launch.concurrent_runs}), "
+              f"{threads} thread(s) each; each line below starts with its run's name", flush=True)
+        codes = launch.run_side_by_side(commands, profile.run_dir / "logs")
+        failed = {name: code for name, code in codes.items() if code != 0}
+        if failed:
+            raise launch.LaunchFailed("; ".join(f"{name} failed (exit status {code}), its output in "
+                                                f"{profile.run_dir / 'logs' / f'{name}.log'}" for name, code in failed.items()))
+    return {name: ensure_grpo(profile, use_ava=use_ava) for name, use_ava in RL_RUNS.items()}

@@ -187,6 +187,20 @@ def srun_environment(rank: int, machines: int, host: str = "127.0.0.1") -> dict[
     return {"SLURM_NODEID": str(rank), "SLURM_JOB_NODELIST": host, "SLURM_JOB_NUM_NODES": str(machines)}
 
 
+def _start_logged(command: list[str], log: Path, environ: Mapping[str, str]) -> subprocess.Popen:
+    """Start ``command`` with its output (stdout and stderr) in ``log``, in its own process
+    group, so that stopping it stops its children too."""
+    with open(log, "w") as out:
+        return subprocess.Popen(command, cwd=paths.PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **environ}, start_new_session=True)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+
+
 def run_as_machines_here(command: list[str], machines: int, logs: Path,
                          environ: Mapping[str, str] | None = None) -> list[int]:
     """Run ``command`` as ``machines`` machines on this host, the way srun starts one task per
@@ -196,17 +210,47 @@ def run_as_machines_here(command: list[str], machines: int, logs: Path,
     ``--kill-on-bad-exit``), since they would wait for it at the rendezvous. Returns their
     exit statuses."""
     logs.mkdir(parents=True, exist_ok=True)
-    processes = []
-    for rank in range(machines):
-        with open(logs / f"machine-{rank}.log", "w") as log:
-            processes.append(subprocess.Popen(command, cwd=paths.PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                              env={**os.environ, **(environ or {}), **srun_environment(rank, machines)},
-                                              start_new_session=True))  # its own group: stopped with its children
+    processes = [_start_logged(command, logs / f"machine-{rank}.log", {**(environ or {}), **srun_environment(rank, machines)})
+                 for rank in range(machines)]
     while any(process.poll() is None for process in processes):
         if any(process.poll() not in (None, 0) for process in processes):
-            for process in processes:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
+            _stop(processes)
         time.sleep(1)
     return [process.returncode for process in processes]
 
+
+def run_side_by_side(commands: Mapping[str, list[str]], logs: Path, poll_seconds: float = 1.0) -> dict[str, int]:
+    """Run independent commands at once (``launch.concurrent_runs``), each with its output in
+    ``logs/<name>.log``, and print their lines as they come, each after its command's name in
+    brackets: one notebook cell follows both runs. One that fails leaves the others running
+    (they do not wait for it); an interrupt (a student stopping the cell) stops them all.
+    Returns each command's exit status."""
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, command in commands.items():
+        print(f"[{name}] $ {format_command(command)}  (output: {logs / f'{name}.log'})", flush=True)
+    processes = {name: _start_logged(command, logs / f"{name}.log", {"PYTHONUNBUFFERED": "1"})  # lines as they come
+                 for name, command in commands.items()}
+    readers = {name: open(logs / f"{name}.log", encoding="utf-8", errors="replace") for name in commands}
+    pending = {name: "" for name in commands}
+
+    def echo(final: bool) -> None:
+        for name, reader in readers.items():
+            *lines, pending[name] = (pending[name] + reader.read()).split("\n")
+            if final and pending[name]:
+                lines, pending[name] = [*lines, pending[name]], ""
+            for line in lines:
+                last_state = line.rsplit("\r", 1)[-1]  # a line redrawn with carriage returns: its last state
+                print(f"[{name}] {last_state}", flush=True)
+
+    try:
+        while any(process.poll() is None for process in processes.values()):
+            echo(final=False)
+            time.sleep(poll_seconds)
+        echo(final=True)
+    except BaseException:
+        _stop(list(processes.values()))
+        raise
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return {name: process.returncode for name, process in processes.items()}
