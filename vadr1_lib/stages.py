@@ -133,9 +133,13 @@ def launch_command(profile: Profile, stage: str, cli_args: list[str] | None = No
     ``accelerate launch``. None when the profile trains in this process."""
     if not launch.needs_launcher(profile):
         return None
+    return launch.accelerate_command(profile, stage, _stage_arguments(profile, cli_args or []))
+
+
+def _stage_arguments(profile: Profile, cli_args: list[str]) -> list[str]:
+    """The CLI arguments that run a stage of this profile, its variant and its overrides in another process."""
     variant = [f"--variant={profile.variant}"] if profile.variant else []
-    return launch.accelerate_command(profile, stage, ["--profile", profile.name, *variant, *(cli_args or []),
-                                                      *[f"--set={o}" for o in profile.overrides]])
+    return ["--profile", profile.name, *variant, *cli_args, *[f"--set={o}" for o in profile.overrides]]
 
 
 def _finished(profile: Profile, out: Path, fingerprint: str) -> Path | None:
@@ -286,9 +290,7 @@ def ensure_rl_runs(profile: Profile, *, dry_run: bool = False) -> dict[str, Path
     to_train = {name: use_ava for name, use_ava in RL_RUNS.items() if _finished(profile, *_grpo_stage(profile, start, use_ava)) is None}
     if len(to_train) > 1:
         threads = max(1, (profile.launch.torch_threads or os.cpu_count() or 1) // profile.launch.concurrent_runs)
-        variant = [f"--variant={profile.variant}"] if profile.variant else []
-        commands = {name: [sys.executable, "-m", "vadr1_lib", "grpo", "--profile", profile.name, *variant,
-                           *([] if use_ava else ["--no-ava"]), *[f"--set={o}" for o in profile.overrides],
+        commands = {name: [sys.executable, "-m", "vadr1_lib", "grpo", *_stage_arguments(profile, [] if use_ava else ["--no-ava"]),
                            f"--set=launch.torch_threads={threads}", "--set=launch.concurrent_runs=1"]
                     for name, use_ava in to_train.items()}
         print(f"training {' and '.join(commands)} side by side (launch.concurrent_runs={profile.launch.concurrent_runs}), "
