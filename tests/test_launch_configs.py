@@ -210,7 +210,6 @@ def test_the_multinode_script_starts_each_stage_as_one_srun_task_per_node_on_eve
     assert not re.search(r"^srun .*run-notebooks", text, re.MULTILINE)  # the notebooks run once, on the first node
 
 
-
 def test_side_by_side_runs_print_each_line_after_its_name_and_one_failure_leaves_the_other_running(tmp_path, capsys):
     printer = "import sys, time; print('first'); time.sleep(1.5); print('partial\\rredrawn'); sys.exit({code})"
     codes = launch.run_side_by_side({"ok": [sys.executable, "-c", printer.format(code=0)],
