@@ -322,28 +322,6 @@ def test_the_label_rule_pays_no_false_alarm_and_does_not_ask(ci_videos, ci_profi
     assert paid["label branches"] == ["abnormal-unpaid", "abnormal"]
 
 
-def test_the_label_both_rule_spares_a_right_normal_answer_and_still_punishes_a_wrong_one(ci_videos, ci_profile) -> None:
-    """A Normal answer on a Normal-labelled video stays normal however it is trimmed: a verifier
-    that answers Abnormal there is wrong, and only ``label-both`` does not charge it to the rollout.
-    A Normal answer on an Abnormal-labelled video keeps its penalty under every rule."""
-    paths, _ = ci_videos
-    answers = [NORMAL_OK, NORMAL_OK]
-    labels = ["Normal", "Abnormal"]  # a right Normal answer, then a missed anomaly
-    charged = {}
-    for rule in ("paper", "label", "label-both"):
-        profile = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, ava_rule=rule))
-        model = ScriptedModel([ABNORMAL_OK, ABNORMAL_OK])  # the verifier calls every trimmed view Abnormal
-        ava = rewards.AnomalyVerificationReward(None, None, profile, seed=0, generate_fn=model)
-        charged[rule] = (ava(answers, solution=labels, video_path=paths[:2]), len(model.calls[0]),
-                         ava.history[-1]["branches"])
-    assert charged["paper"] == charged["label"] == ([-0.2, -0.2], 2, ["normal", "normal"])
-    assert charged["label-both"] == ([0.0, -0.2], 1, ["normal-unpunished", "normal"])
-    # ... and it keeps the label rule's abnormal branch: no false alarm is paid.
-    both = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, ava_rule="label-both"))
-    ava = rewards.AnomalyVerificationReward(None, None, both, seed=0, generate_fn=ScriptedModel([NORMAL_OK]))
-    assert ava([ABNORMAL_OK, ABNORMAL_OK], solution=["Normal", "Abnormal"], video_path=paths[:2]) == [0.0, 0.5]
-
-
 def test_an_unknown_ava_rule_or_verdict_reading_is_refused(ci_profile) -> None:
     for field, value in (("ava_rule", "generous"), ("ava_verdict", "vibes")):
         profile = dataclasses.replace(ci_profile, grpo=dataclasses.replace(ci_profile.grpo, **{field: value}))

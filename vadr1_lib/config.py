@@ -311,8 +311,7 @@ class GRPOConfig:
     ava_normal_penalty: Annotated[float, FINITE] = -0.2
     ava_trim_fraction: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.3
     # Who gets the verification bonus: "paper" (any Abnormal answer whose cut leaves a Normal
-    # answer) or "label" (only where the RL set's weak label is Abnormal: no false alarm is paid);
-    # "label-both" also spares a right Normal answer the penalty (only a wrong one is re-asked).
+    # answer) or "label" (only where the RL set's weak label is Abnormal: no false alarm is paid).
     ava_rule: str = "paper"
     # Where a re-query's verdict is read: "which" (its <which>) or "deciding-token" (the first
     # words that commit to a verdict, learnt from the SFT targets; for templates like Mini's).

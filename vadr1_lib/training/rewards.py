@@ -190,8 +190,7 @@ class LengthReward:
 
 GenerateFn = Callable[[list[video.VideoClip]], list[str]]
 VERDICT_END = "</which>"  # the re-query's answer is complete once this is written
-# Which rollouts the verifier's answer can pay or cost (AnomalyVerificationReward).
-AVA_RULES = ("paper", "label", "label-both")
+AVA_RULES = ("paper", "label")  # who is paid the verification bonus (AnomalyVerificationReward)
 AVA_VERDICTS = ("which", "deciding-token")  # where a re-query's verdict is read
 
 
@@ -261,10 +260,7 @@ class AnomalyVerificationReward:
       the rest Normal.
     - Normal: drop the first or the last ``ava_trim_fraction`` (seeded coin per rollout),
       re-ask; ``ava_normal_penalty`` when the answer is now Abnormal, only for a rollout
-      that earned accuracy or format. With ``grpo.ava_rule: label-both`` the label checks
-      this branch too: a Normal answer on a Normal-labelled video is not re-asked, since a
-      trimmed normal video is still normal and an Abnormal re-answer is the verifier's
-      mistake; the penalty falls only on a Normal answer the label says is wrong.
+      that earned accuracy or format.
     - Abnormal without a valid span: not re-asked, 0, as in the release (its penalty needs
       an answer that said Normal). Sending it down the Normal branch punished a claim that
       the verifier confirmed.
@@ -332,12 +328,9 @@ class AnomalyVerificationReward:
                 if _accuracy(parsed, label) == 0.0 and not parsed.format_valid:
                     branches.append("normal-skipped")  # nothing earned, nothing to lose: the query is pure cost
                     continue
-                if self.cfg.ava_rule == "label-both" and taxonomy.binary_label(label) != ABNORMAL_LABEL:
-                    branches.append("normal-unpunished")  # a right Normal answer: no penalty can be deserved
-                    continue
             elif parsed.which and parsed.span is not None:
                 branch, exclude = "abnormal", parsed.span
-                if self.cfg.ava_rule in ("label", "label-both") and taxonomy.binary_label(label) != ABNORMAL_LABEL:
+                if self.cfg.ava_rule == "label" and taxonomy.binary_label(label) != ABNORMAL_LABEL:
                     branches.append("abnormal-unpaid")  # a false alarm: no bonus can come of the query
                     continue
             else:
