@@ -195,6 +195,37 @@ def test_a_value_outside_a_fields_range_stops_with_one_line_from_set_yaml_and_no
             assert (origin == "yaml") == message.startswith(str(tmp_path / "profiles" / "bad.yaml")), message
 
 
+CHOICE_FIELDS = {key: extra for key, hint in _leaf_fields()
+                 for extra in getattr(hint, "__metadata__", ()) if isinstance(extra, config.OneOf)}
+
+
+def test_the_text_fields_the_code_branches_on_declare_their_choices():
+    assert {"grpo.format_rule", "grpo.ava_rule", "grpo.ava_verdict", "train.mode", "train.mixed_precision",
+            "pretrain.corpus"} <= set(CHOICE_FIELDS)
+
+
+@pytest.mark.parametrize("key", sorted(CHOICE_FIELDS))
+def test_a_misspelt_choice_stops_with_one_line_from_set_yaml_and_notebook_overrides(key, tmp_path, monkeypatch):
+    """Every choice loads; a misspelt one is refused when the profile is read, naming the choices."""
+    valid = CHOICE_FIELDS[key]
+    for choice in valid.choices:
+        assert config.get_field(config.load_profile("ci", [f"{key}={choice}"]), key) == choice
+    (tmp_path / "profiles").mkdir()
+    monkeypatch.setattr(config.paths, "CONFIGS_DIR", tmp_path)
+    *sections, name = key.split(".")
+    nested: dict = {name: valid.choices[0] + "s"}
+    for section in reversed(sections):
+        nested = {section: nested}
+    (tmp_path / "profiles" / "bad.yaml").write_text(yaml.safe_dump(nested))
+    (tmp_path / "profiles" / "good.yaml").write_text("")
+    for profile_name, overrides in (("good", [f"{key}={valid.choices[0]}s"]), ("good", {key: valid.choices[0] + "s"}),
+                                    ("bad", None)):
+        with pytest.raises(config.ProfileError) as error:
+            config.load_profile(profile_name, overrides)
+        message = str(error.value)
+        assert "\n" not in message and f"{key}={valid.choices[0] + 's'!r}" in message and valid.describe() in message
+
+
 @pytest.mark.parametrize(("override", "line"), [
     ("grpo.learning_rate=nan", "grpo.learning_rate=nan is out of range: it must be a finite number > 0"),
     ("sft.learning_rate=-1e-5", "sft.learning_rate=-1e-05 is out of range: it must be a finite number > 0"),
@@ -207,6 +238,7 @@ def test_a_value_outside_a_fields_range_stops_with_one_line_from_set_yaml_and_no
     ("grpo.beta=-0.04", "grpo.beta=-0.04 is out of range: it must be a finite number >= 0"),
     ("grpo.ava_trim_fraction=0", "grpo.ava_trim_fraction=0.0 is out of range: it must be a finite number in (0, 1)"),
     ("video.max_pixels=100", "video.max_pixels=100 is out of range: it must be an integer >= 784"),
+    ("grpo.ava_rule=labels", "grpo.ava_rule='labels' is not a choice: it must be one of paper, label"),
     ("grpo.reward_weights=[1, 1, .inf, 1]", "grpo.reward_weights=[1.0, 1.0, inf, 1.0] is out of range: it must be a "
      "list of 4, each a finite number (one per reward: accuracy, format, length, ava)"),
     ("grpo.reward_weights=[2, 1, 1]", "grpo.reward_weights=[2.0, 1.0, 1.0] is out of range: it must be a list of 4, "

@@ -119,6 +119,22 @@ class Range:
         return f"{text} ({self.meaning})" if self.meaning else text
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """The words a text profile field accepts, declared beside it as
+    ``Annotated[str, OneOf(FORMAT_RULES)]`` and checked where the value is read, as a
+    :class:`Range` is: a misspelt ``grpo.ava_rule`` in a papermill batch fails in its first
+    second, not after SFT and plain GRPO have trained and AVA-GRPO builds its reward."""
+
+    choices: tuple[str, ...]
+
+    def admits(self, value: Any) -> bool:
+        return value in self.choices
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
 def _number_text(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
@@ -134,6 +150,13 @@ PIXELS = Range(low=28 * 28)  # one merged 28 x 28 patch: the smallest frame the 
 FRAME_SIDE = Range(low=28)
 REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of grpo.reward_weights and the reward functions
 LENGTH_RANGE = Range(low=0, count=2, ascending=True, meaning="fewest and most tokens")
+# The choices of the text fields the code branches on (each read where it is used, and checked here).
+CORPUS_KINDS = ("template", "language")  # vadr1_lib.data.corpus
+TRAIN_MODES = ("full", "lora", "qlora")  # vadr1_lib.model.modeling.load_for_training
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+FORMAT_RULES = ("any", "right")  # who is paid the format reward (rewards.FormatReward)
+AVA_RULES = ("paper", "label")  # who is paid the verification bonus (rewards.AnomalyVerificationReward)
+AVA_VERDICTS = ("which", "deciding-token")  # where a re-query's verdict is read
 
 
 @dataclass(frozen=True)
@@ -226,7 +249,7 @@ class PretrainConfig:
     the stand-in for the reading a Hub model has done. Hub models skip it."""
 
     corpus_texts: Annotated[int, NON_NEGATIVE] = 0  # texts in the corpus (vadr1_lib.data.corpus); 0: no pretraining
-    corpus: str = "template"  # template: whole P2C-CoT targets; language: the same words without tags
+    corpus: Annotated[str, OneOf(CORPUS_KINDS)] = "template"  # template: whole P2C-CoT targets; language: the same words without tags
     learning_rate: Annotated[float, POSITIVE] = 3e-3
     num_train_epochs: Annotated[float, POSITIVE] = 2.0
     max_steps: Annotated[int, COUNT_OR_UNSET] = -1  # > 0 overrides epochs
@@ -249,8 +272,8 @@ class TrainConfig:
     cannot disagree, and neither stage reads the other's settings.
     """
 
-    mode: str = "full"  # full | lora | qlora (vadr1_lib.model.modeling.load_for_training)
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mode: Annotated[str, OneOf(TRAIN_MODES)] = "full"  # which weights train (vadr1_lib.model.modeling.load_for_training)
+    mixed_precision: Annotated[str, OneOf(MIXED_PRECISIONS)] = "no"
     gradient_checkpointing: bool = True
     train_vision_encoder: bool = True  # full mode: False freezes all of it but the merger
     lora_r: Annotated[int, AT_LEAST_ONE] = 16
@@ -304,7 +327,7 @@ class GRPOConfig:
                               Range(count=len(REWARD_NAMES), meaning="one per reward: " + ", ".join(REWARD_NAMES))] = None
     # Who is paid the format reward: "any" well-formed completion (the paper) or only a
     # well-formed one whose verdict is right (rewards.FormatReward says why).
-    format_rule: str = "any"
+    format_rule: Annotated[str, OneOf(FORMAT_RULES)] = "any"
     balanced_batches: bool = False  # every step holds both verdicts (vadr1_lib.training.grpo.alternate_verdicts)
     use_ava: bool = True
     ava_abnormal_bonus: Annotated[float, FINITE] = 0.5
@@ -312,10 +335,10 @@ class GRPOConfig:
     ava_trim_fraction: Annotated[float, Range(low=0, high=1, low_open=True, high_open=True)] = 0.3
     # Who gets the verification bonus: "paper" (any Abnormal answer whose cut leaves a Normal
     # answer) or "label" (only where the RL set's weak label is Abnormal: no false alarm is paid).
-    ava_rule: str = "paper"
+    ava_rule: Annotated[str, OneOf(AVA_RULES)] = "paper"
     # Where a re-query's verdict is read: "which" (its <which>) or "deciding-token" (the first
     # words that commit to a verdict, learnt from the SFT targets; for templates like Mini's).
-    ava_verdict: str = "which"
+    ava_verdict: Annotated[str, OneOf(AVA_VERDICTS)] = "which"
     length_bonus: Annotated[float, FINITE] = 0.2
     length_range_normal: Annotated[list[int], LENGTH_RANGE] = field(default_factory=lambda: [140, 261])
     length_range_abnormal: Annotated[list[int], LENGTH_RANGE] = field(default_factory=lambda: [233, 456])
@@ -543,6 +566,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if isinstance(valid, Range) and not valid.admits(value):
                 raise ProfileError(f"{where}={value!r} is out of range: it must be "
                                    f"{valid.describe(integer=numeric_type(kind) is int)}")
+            if isinstance(valid, OneOf) and not valid.admits(value):
+                raise ProfileError(f"{where}={value!r} is not a choice: it must be {valid.describe()}")
         return value
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)

@@ -38,11 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vadr1_lib.config import Profile
+from vadr1_lib.config import CORPUS_KINDS, Profile
 from vadr1_lib.data import drawing, taxonomy
 from vadr1_lib.data.annotate import ClipFacts, OfflineAnnotator
-
-CORPUS_KINDS = ("template", "language")
 
 # Cameras that are not Mini's (its scene is "a campus path between lawns, ..."): places with
 # a walkway, because the phrase banks' events happen on a path or a walkway.

@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from vadr1_lib.config import Profile
+from vadr1_lib.config import MIXED_PRECISIONS, Profile
 from vadr1_lib.model import modeling
 from vadr1_lib.progress import TextProgress
 
 CACHE_BYTES = 1 << 30  # decoded clips / processed examples kept in memory across epochs
-MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
 class BoundedCache:

@@ -53,7 +53,7 @@ import torch
 from transformers import StoppingCriteria, Trainer
 
 from vadr1_lib import parsing, prompts
-from vadr1_lib.config import GRPOConfig, Profile
+from vadr1_lib.config import AVA_RULES, AVA_VERDICTS, FORMAT_RULES, GRPOConfig, Profile
 from vadr1_lib.data import taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.prompts import ABNORMAL_LABEL, NORMAL_LABEL
@@ -100,9 +100,6 @@ def accuracy_reward(completions: Sequence[Any], solution: Sequence[str], **kwarg
 def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
     """1.0 when the whole completion follows the normal or the abnormal P2C-CoT template, else 0.0."""
     return [1.0 if parsing.parse_completion(completion_text(c)).format_valid else 0.0 for c in completions]
-
-
-FORMAT_RULES = ("any", "right")  # who is paid the format reward (FormatReward)
 
 
 class FormatReward:
@@ -190,8 +187,6 @@ class LengthReward:
 
 GenerateFn = Callable[[list[video.VideoClip]], list[str]]
 VERDICT_END = "</which>"  # the re-query's answer is complete once this is written
-AVA_RULES = ("paper", "label")  # who is paid the verification bonus (AnomalyVerificationReward)
-AVA_VERDICTS = ("which", "deciding-token")  # where a re-query's verdict is read
 
 
 class VerdictReader:
