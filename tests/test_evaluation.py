@@ -249,7 +249,8 @@ def test_identical_models_differ_by_exactly_nothing():
     texts = {r.id: _answer(i % 3 == 0) for i, r in enumerate(truth)}
     same = scores.score_videos(texts, truth, text_metrics=False)
     for name, entry in scores.paired_differences(same, same, n_resamples=200).items():
-        assert entry == {"difference": 0.0, "ci95": [0.0, 0.0]}, name
+        extra = {"fixed": 0, "broken": 0, "resolvable": 0.0} if name == "detection.accuracy" else {}
+        assert entry == {"difference": 0.0, "ci95": [0.0, 0.0], **extra}, name
 
 
 def test_a_model_that_fixes_videos_and_breaks_none_has_a_positive_paired_interval():
@@ -268,6 +269,32 @@ def test_a_model_that_fixes_videos_and_breaks_none_has_a_positive_paired_interva
     with pytest.raises(ValueError, match="same test videos"):
         scores.paired_differences(scores.score_videos(before, truth, text_metrics=False),
                                   scores.score_videos(before, truth[::-1], text_metrics=False))
+
+
+def test_the_resolvable_difference_is_where_the_paired_bootstrap_starts_to_clear_zero():
+    """Accuracy counts the verdicts fixed and broken; the difference their number lets the split
+    resolve is where the bootstrap's lower bound crosses 0: a gain a little above it clears 0,
+    one a little below does not (400 videos, 28 verdicts changed, as RL changes about 7%)."""
+    truth = _many(200, 200)
+    before = {r.id: _answer(r.is_abnormal) for r in truth}  # every verdict right
+    wrong = {r.id: _answer(not r.is_abnormal) for r in truth}
+
+    def compare(fixed: int, broken: int) -> dict:
+        start = dict(before, **{r.id: wrong[r.id] for r in truth[:fixed]})  # wrong before, fixed after
+        end = dict(before, **{r.id: wrong[r.id] for r in truth[fixed:fixed + broken]})
+        return scores.paired_differences(scores.score_videos(start, truth, text_metrics=False),
+                                         scores.score_videos(end, truth, text_metrics=False),
+                                         n_resamples=2000)["detection.accuracy"]
+
+    resolvable = scores.resolvable_accuracy_difference(28, 400)
+    assert resolvable == pytest.approx(1.96 * (0.07 / 403.8416) ** 0.5)
+    above, below = compare(21, 7), compare(18, 10)  # gains 14/400 = 0.035 and 8/400 = 0.02 around it (0.0256)
+    assert (above["fixed"], above["broken"], below["fixed"], below["broken"]) == (21, 7, 18, 10)
+    assert above["resolvable"] == below["resolvable"] == pytest.approx(resolvable)
+    assert below["difference"] < resolvable < above["difference"]
+    assert above["ci95"][0] > 0 and below["ci95"][0] <= 0
+    with pytest.raises(ValueError, match="at least one video"):
+        scores.resolvable_accuracy_difference(0, 0)
 
 
 def test_answer_kinds_separate_what_the_reward_and_the_evaluation_read_differently(tmp_path):

@@ -11,12 +11,14 @@ FIGURES = {"format": {"valid_rate": 0.9}, "detection": {"accuracy": 0.8, "precis
 def test_the_table_shows_each_model_and_what_rl_changed_with_paired_intervals(private_runs, ci_profile, tmp_path):
     notebook.save_metrics(ci_profile, "05_evaluation", {"models": {"SFT": FIGURES}, "test_videos": 120})
     notebook.save_metrics(ci_profile, "04_ava_grpo", {"wall_seconds": {"GRPO": 100.0, "AVA-GRPO": 120.0}, "paired": {
-        "GRPO vs SFT": {"detection.accuracy": {"difference": 0.05, "ci95": [0.01, 0.09]},
+        "GRPO vs SFT": {"detection.accuracy": {"difference": 0.05, "ci95": [0.01, 0.09], "fixed": 8, "broken": 2,
+                                               "resolvable": 0.0556},
                         "detection.f1": {"difference": -0.02, "ci95": [-0.06, 0.03]}}}})
     text = report.results_markdown(ci_profile)
     assert "| SFT | 0.900 | 0.800 [0.70, 0.90] | 0.750 | 0.900 | 0.820 | 0.600 | 0.400 | 0.500 | 0.600 | 0.550 |" in text
     assert "120 videos" in text and "GRPO / AVA-GRPO: 100 s / 120 s" in text
     assert "| GRPO vs SFT | +0.050 [+0.01, +0.09] | -0.020 [-0.06, +0.03] | – | – | – |" in text
+    assert "GRPO vs SFT: 8 fixed, 2 broken, resolvable from ±0.056." in text
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.START}\nold\n{report.END}\nrest\n")
     report.write_readme(ci_profile, readme)

@@ -80,6 +80,14 @@ def _paired_lines(rl: dict[str, Any] | None) -> list[str]:
         cells = [f"{differences[key]['difference']:+.3f} [{differences[key]['ci95'][0]:+.2f}, "
                  f"{differences[key]['ci95'][1]:+.2f}]" if key in differences else "–" for _, key in PAIRED_COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    changed = [f"{label}: {d['fixed']} fixed, {d['broken']} broken"
+               + (f", resolvable from ±{d['resolvable']:.3f}" if d["fixed"] + d["broken"] else "")
+               for label, d in ((label, differences.get("detection.accuracy", {})) for label, differences in paired.items())
+               if "resolvable" in d]
+    if changed:
+        lines += ["", "Test verdicts each model changed (right to wrong or back), and the smallest accuracy difference "
+                  "that many changes let this split resolve (`scores.resolvable_accuracy_difference`): "
+                  + "; ".join(changed) + "."]
     return lines
 
 
