@@ -85,8 +85,8 @@ def _paired_lines(rl: dict[str, Any] | None) -> list[str]:
                for label, d in ((label, differences.get("detection.accuracy", {})) for label, differences in paired.items())
                if "resolvable" in d]
     if changed:
-        lines += ["", "Test verdicts each model changed (right to wrong or back), and the smallest accuracy difference "
-                  "that many changes let this split resolve (`scores.resolvable_accuracy_difference`): "
+        lines += ["", "Test verdicts each comparison changed (right to wrong or back), and the smallest accuracy "
+                  "difference that many changes let this split resolve (`scores.resolvable_accuracy_difference`): "
                   + "; ".join(changed) + "."]
     return lines
 
