@@ -249,7 +249,8 @@ class PretrainConfig:
     the stand-in for the reading a Hub model has done. Hub models skip it."""
 
     corpus_texts: Annotated[int, NON_NEGATIVE] = 0  # texts in the corpus (vadr1_lib.data.corpus); 0: no pretraining
-    corpus: Annotated[str, OneOf(CORPUS_KINDS)] = "template"  # template: whole P2C-CoT targets; language: the same words without tags
+    # template: whole P2C-CoT targets; language: the same words without tags
+    corpus: Annotated[str, OneOf(CORPUS_KINDS)] = "template"
     learning_rate: Annotated[float, POSITIVE] = 3e-3
     num_train_epochs: Annotated[float, POSITIVE] = 2.0
     max_steps: Annotated[int, COUNT_OR_UNSET] = -1  # > 0 overrides epochs
