@@ -36,7 +36,7 @@ def _clip_texts(profile: config.Profile) -> tuple[set[str], set[str]]:
     return written, test
 
 
-@pytest.mark.parametrize("kind", corpus.CORPUS_KINDS)
+@pytest.mark.parametrize("kind", config.CORPUS_KINDS)
 def test_the_corpus_holds_no_text_written_for_a_mini_clip(kind) -> None:
     # Many more texts than the profile reads, so that a corpus able to copy a clip's text would.
     profile = config.load_profile("ci", {"pretrain.corpus_texts": 3000, "pretrain.corpus": kind})

@@ -135,6 +135,21 @@ class OneOf:
         return "one of " + ", ".join(self.choices)
 
 
+def require_choice(dotted_key: str, value: Any) -> Any:
+    """``value`` when the :class:`OneOf` field ``dotted_key`` accepts it, else a one-line
+    ValueError naming the choices. For the code that reads such a setting: a profile checks
+    it when read, but a section built or replaced in code (``dataclasses.replace``) is not."""
+    section: Any = Profile
+    *parents, name = dotted_key.split(".")
+    for parent in parents:
+        section = typing.get_type_hints(section)[parent]
+    hint = typing.get_type_hints(section, include_extras=True)[name]
+    choices = next(extra.choices for extra in getattr(hint, "__metadata__", ()) if isinstance(extra, OneOf))
+    if value not in choices:
+        raise ValueError(f"{dotted_key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _number_text(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
@@ -150,7 +165,8 @@ PIXELS = Range(low=28 * 28)  # one merged 28 x 28 patch: the smallest frame the 
 FRAME_SIDE = Range(low=28)
 REWARD_NAMES = ("accuracy", "format", "length", "ava")  # the order of grpo.reward_weights and the reward functions
 LENGTH_RANGE = Range(low=0, count=2, ascending=True, meaning="fewest and most tokens")
-# The choices of the text fields the code branches on (each read where it is used, and checked here).
+# The choices of the text fields the code branches on: checked when a profile is read, and by
+# require_choice where the code reads them.
 CORPUS_KINDS = ("template", "language")  # vadr1_lib.data.corpus
 TRAIN_MODES = ("full", "lora", "qlora")  # vadr1_lib.model.modeling.load_for_training
 MIXED_PRECISIONS = ("no", "bf16", "fp16")

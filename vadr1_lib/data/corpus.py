@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vadr1_lib.config import CORPUS_KINDS, Profile
+from vadr1_lib.config import Profile, require_choice
 from vadr1_lib.data import drawing, taxonomy
 from vadr1_lib.data.annotate import ClipFacts, OfflineAnnotator
 
@@ -99,10 +99,9 @@ def random_facts(index: int, rng: np.random.Generator, *, frames: int, fps: floa
 
 def pretraining_texts(count: int, *, kind: str, seed: int, frames: int, fps: float, width: int, height: int,
                       avoid: Collection[str] = ()) -> list[Reply]:
-    """``count`` replies of ``kind`` (:data:`CORPUS_KINDS`) over random facts, none equal to a
+    """``count`` replies of ``kind`` (a ``pretrain.corpus`` choice) over random facts, none equal to a
     text in ``avoid``, with or without its tags (one that is drawn again is replaced by the next)."""
-    if kind not in CORPUS_KINDS:
-        raise ValueError(f"pretrain.corpus must be one of {', '.join(CORPUS_KINDS)}, got {kind!r}")
+    require_choice("pretrain.corpus", kind)
     avoided = set(avoid) | {strip_tags(text) for text in avoid}
     annotator = OfflineAnnotator(seed)
     rng = np.random.default_rng([seed, 7])  # 7: not a Mini split code

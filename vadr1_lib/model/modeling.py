@@ -43,7 +43,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 from transformers.video_utils import VideoMetadata
 
-from vadr1_lib.config import TRAIN_MODES, ModelConfig, Profile, VideoConfig
+from vadr1_lib.config import ModelConfig, Profile, VideoConfig, require_choice
 from vadr1_lib.data.video import VideoClip
 from vadr1_lib.model import tokenizer as qwen_tok
 from vadr1_lib.stage_marker import StageMarker
@@ -363,9 +363,7 @@ def load_for_training(name_or_path: str | Path, profile: Profile) -> tuple[Any, 
 
     A LoRA/QLoRA run that starts from an adapter folder keeps training that adapter.
     """
-    mode = profile.train.mode
-    if mode not in TRAIN_MODES:
-        raise ValueError(f"train.mode must be one of {', '.join(TRAIN_MODES)}, got {mode!r}")
+    mode = require_choice("train.mode", profile.train.mode)
     if mode == "full" or is_adapter(name_or_path):
         model, processor = load_model_and_processor(name_or_path, profile, trainable_adapter=True)
         if mode == "full" and not profile.train.train_vision_encoder:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from vadr1_lib.config import MIXED_PRECISIONS, Profile
+from vadr1_lib.config import Profile, require_choice
 from vadr1_lib.model import modeling
 from vadr1_lib.progress import TextProgress
 
@@ -67,9 +67,7 @@ def mixed_precision_flags(profile: Profile) -> dict[str, bool]:
     silently training in fp32. fp16 takes effect on a GPU only (accelerate enables its
     autocast and gradient scaler there; on a CPU the fp16 weights run without them).
     """
-    precision = profile.train.mixed_precision
-    if precision not in MIXED_PRECISIONS:
-        raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {precision!r}")
+    precision = require_choice("train.mixed_precision", profile.train.mixed_precision)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 

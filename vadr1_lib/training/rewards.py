@@ -53,7 +53,7 @@ import torch
 from transformers import StoppingCriteria, Trainer
 
 from vadr1_lib import parsing, prompts
-from vadr1_lib.config import AVA_RULES, AVA_VERDICTS, FORMAT_RULES, GRPOConfig, Profile
+from vadr1_lib.config import GRPOConfig, Profile, require_choice
 from vadr1_lib.data import taxonomy, video
 from vadr1_lib.model import modeling
 from vadr1_lib.prompts import ABNORMAL_LABEL, NORMAL_LABEL
@@ -117,9 +117,7 @@ class FormatReward:
     __name__ = "format_reward"
 
     def __init__(self, rule: str = "any") -> None:
-        if rule not in FORMAT_RULES:
-            raise ValueError(f"grpo.format_rule must be one of {', '.join(FORMAT_RULES)}, got {rule!r}")
-        self.rule = rule
+        self.rule = require_choice("grpo.format_rule", rule)
 
     def __call__(self, completions: Sequence[Any], solution: Sequence[str], **kwargs: Any) -> list[float]:
         formats = format_reward(completions)
@@ -285,10 +283,8 @@ class AnomalyVerificationReward:
             raise ValueError("AVA needs a trainer/model getter or a generate_fn")
         cfg = profile.grpo
         video.head_tail_trim(True, cfg.ava_trim_fraction)  # validates the fraction now, not mid-training
-        if cfg.ava_rule not in AVA_RULES:
-            raise ValueError(f"grpo.ava_rule must be one of {', '.join(AVA_RULES)}, got {cfg.ava_rule!r}")
-        if cfg.ava_verdict not in AVA_VERDICTS:
-            raise ValueError(f"grpo.ava_verdict must be one of {', '.join(AVA_VERDICTS)}, got {cfg.ava_verdict!r}")
+        require_choice("grpo.ava_rule", cfg.ava_rule)
+        require_choice("grpo.ava_verdict", cfg.ava_verdict)
         if cfg.ava_verdict == "deciding-token" and not reference_targets and generate_fn is None:
             # A scripted generate_fn (tests, notebook sketches) writes whole answers: <which> reads them.
             raise ValueError("grpo.ava_verdict: deciding-token needs the SFT targets to know where a verdict is decided")
